@@ -1,0 +1,64 @@
+"""The real CLI in a subprocess: validate, plan, exit codes, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+from batchgen import __version__
+from tests.conftest import MANIFESTS, run_cli
+
+
+def test_validate_all_examples_exits_0() -> None:
+    paths = sorted(str(p) for p in MANIFESTS.glob("*.yaml"))
+    result = run_cli("validate", *paths)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok: ") == len(paths)
+
+
+def test_validate_points_at_the_bad_duration(write_manifest) -> None:
+    path = write_manifest("version: 1\nname: x\nshots:\n  - id: a\n    prompt: x\n    duration: 20\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2
+    assert f'{path}:6:15: shots[0].duration: "20" is not one of "3".."15"' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_reports_every_file(write_manifest) -> None:
+    good = MANIFESTS / "temple.yaml"
+    bad = write_manifest("version: 1\nname: x\nshots: []\n")
+    result = run_cli("validate", str(good), str(bad))
+    assert result.returncode == 2
+    assert "temple.yaml: ok: 1 shot, 1 job" in result.stdout
+    assert f"{bad}:3:8: shots: needs at least 1 item" in result.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path) -> None:
+    result = run_cli("plan", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml:1:1: cannot read the file: No such file or directory" in result.stderr
+
+
+def test_plan_json_has_jobs_and_total() -> None:
+    result = run_cli("plan", str(MANIFESTS / "demo.yaml"), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert len(plan["jobs"]) == 6
+    assert plan["total"]["jobs"] == 6
+    assert plan["total"]["seconds"] == 18
+    assert plan["total"]["estimate_usd"] == 5 * 0.504 + 0.756
+    assert plan["total"]["budget_usd"] == 10.0
+    assert plan["total"]["jobs_within_budget"] == 6
+
+
+def test_plan_table_counts_jobs_that_fit_a_smaller_budget() -> None:
+    result = run_cli("plan", str(MANIFESTS / "matrix.yaml"), "--budget", "5")
+    assert result.returncode == 0, result.stderr
+    assert "16 jobs, 80 s of video, estimated $13.44" in result.stdout
+    assert "budget $5.00: 5 of 16 jobs fit" in result.stdout
+    assert result.stdout.count("over budget") == 11
+
+
+def test_version_and_help() -> None:
+    assert run_cli("--version").stdout.strip() == f"batchgen {__version__}"
+    help_text = run_cli("--help").stdout
+    assert "130  interrupted" in help_text and "validate" in help_text and "plan" in help_text
