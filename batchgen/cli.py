@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from batchgen import __version__
-from batchgen.errors import BatchgenError, ExitCode, ManifestError
+from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
 from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
+from batchgen.simulator import DEFAULT_KEY, FaultPlan, SimSettings, parse_script, running_simulator
+from batchgen.simulator.faults import KINDS
 
 EXIT_CODES = """\
 exit codes:
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_validate(commands)
     _add_plan(commands)
+    _add_simulate(commands)
     return parser
 
 
@@ -189,3 +194,78 @@ def _print_problems(error: ManifestError) -> None:
         print(problem, file=sys.stderr)
     count = len(error.problems)
     print(f"batchgen: {count} problem{'s' * (count != 1)} found; nothing was run", file=sys.stderr)
+
+
+def _add_simulate(commands: Any) -> None:
+    command = _add_command(
+        commands, "simulate", "serve the built-in simulator of Segmind's API on loopback until Ctrl-C", _simulate
+    )
+    command.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    command.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    command.add_argument("--latency-s", type=float, default=2.0, help="generation time in seconds (default 2)")
+    command.add_argument("--jitter-s", type=float, default=0.0, help="± random spread of the generation time")
+    command.add_argument("--credits", type=float, default=100.0, metavar="USD", help="starting balance per key")
+    command.add_argument("--rpm", type=int, default=50, help="submits per minute per key (default 50, Pro)")
+    command.add_argument("--ttl-s", type=float, default=3600.0, help="how long v2 requests can be polled")
+    command.add_argument("--key", action="append", metavar="KEY", help=f"an accepted API key (default {DEFAULT_KEY})")
+    command.add_argument("--v1-mode", choices=["bytes", "url", "base64"], default="bytes", help="how v1 answers")
+    command.add_argument("--retry-after", action="store_true", help="add Retry-After to 429s (the real API does not)")
+    command.add_argument("--video-size-mb", type=float, default=0.0, help="pad every video to this size")
+    command.add_argument("--fault-rate", type=float, help="chance of some fault per request, shared by the kinds")
+    command.add_argument(
+        "--fault", action="append", default=[], metavar="KIND=RATE", help=f"a rate per kind: {', '.join(KINDS)}"
+    )
+    command.add_argument("--script", default="", help="scripted faults, e.g. submit:3=503,download:5=drop@0.4")
+    command.add_argument("--slow-s", type=float, default=1.0, help="delay of a slow-first-byte fault")
+    command.add_argument("--seed", type=int, default=0, help="seed of faults, ids and jitter")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    settings = SimSettings(
+        keys=tuple(args.key or [DEFAULT_KEY]),
+        credits_usd=args.credits,
+        rpm=args.rpm,
+        latency_s=args.latency_s,
+        latency_jitter_s=args.jitter_s,
+        ttl_s=args.ttl_s,
+        v1_mode=args.v1_mode,
+        retry_after=args.retry_after,
+        slow_first_byte_s=args.slow_s,
+        video_size_bytes=int(args.video_size_mb * 1024 * 1024),
+        seed=args.seed,
+    )
+    faults = FaultPlan(
+        rates=dict(_kind_rate(item) for item in args.fault),
+        total_rate=args.fault_rate,
+        seed=args.seed,
+        script=parse_script(args.script),
+    )
+    ledger = asyncio.run(_serve(settings, faults, args.host, args.port))
+    for key, account in ledger.items():
+        print(
+            f"{key}: {len(account['requests'])} generation requests, {len(account['charges'])} charged, "
+            f"spent ${account['spent_usd']:.4f}, balance ${account['balance_usd']:.4f}, "
+            f"peak in progress {account['peak_in_progress']}, payloads paid twice {len(account['paid_twice'])}"
+        )
+    return int(ExitCode.OK)
+
+
+def _kind_rate(item: str) -> tuple[str, float]:
+    kind, _, rate = item.partition("=")
+    try:
+        return kind, float(rate)
+    except ValueError:
+        raise UsageError(f"--fault takes KIND=RATE, e.g. rate_429=0.1 (got {item!r})") from None
+
+
+async def _serve(settings: SimSettings, faults: FaultPlan, host: str, port: int) -> dict[str, Any]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_simulator(settings, faults, host, port) as simulator:
+        print(f"simulator serving {simulator.base_url} (Ctrl-C stops it and prints the ledger)")
+        print(f"  export SEGMIND_BASE_URL={simulator.base_url}")
+        print(f"  export SEGMIND_API_KEY={settings.keys[0]}", flush=True)
+        await stop.wait()
+        return simulator.ledger()

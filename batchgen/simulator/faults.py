@@ -1,0 +1,118 @@
+"""Which fault, if any, the simulator injects into a request: by seeded rates or by a script.
+
+A fault is decided per route and per request number (``submit`` #3, ``download`` #5...), from a random stream seeded
+by ``(seed, route, number)``: the same seed gives the same faults in the same order, whatever the interleaving of
+concurrent requests. A script ("the 3rd submit answers 503, the 5th download breaks at 40 %") takes precedence.
+
+Routes: ``submit`` (v1 and v2 POST), ``status`` and ``result`` (v2 GETs), ``download`` (the video), ``credits``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from batchgen.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault.
+
+    ``kind``: ``status`` (answer ``status`` with an error body), ``drop`` (close the connection: a submit after it
+    was accepted and charged, a download after the fraction ``at``), ``short`` (a download whose body ends at ``at``
+    of its ``Content-Length``), ``fail`` (the generation ends FAILED), ``slow`` (a slow first byte).
+    """
+
+    kind: str
+    status: int = 0
+    at: float = 0.5
+
+
+# Which faults each route can suffer, under the name of their rate.
+ROUTE_FAULTS: dict[str, dict[str, Fault]] = {
+    "submit": {
+        "rate_429": Fault("status", 429),
+        "rate_500": Fault("status", 500),
+        "rate_502": Fault("status", 502),
+        "rate_504": Fault("status", 504),
+        "drop_submit": Fault("drop"),
+        "fail_job": Fault("fail"),
+        "slow_first_byte": Fault("slow"),
+    },
+    "status": {"rate_500": Fault("status", 500), "rate_502": Fault("status", 502), "slow_first_byte": Fault("slow")},
+    "result": {"rate_500": Fault("status", 500), "rate_504": Fault("status", 504)},
+    "download": {"drop_download": Fault("drop"), "short_body": Fault("short"), "slow_first_byte": Fault("slow")},
+    "credits": {},
+}
+KINDS = sorted({name for faults in ROUTE_FAULTS.values() for name in faults})
+
+
+@dataclass
+class FaultPlan:
+    """Fault rates, a seed, and an optional script ``{(route, n): Fault}`` (n counts from 1).
+
+    ``rates`` name a rate (0-1) per kind (see ``KINDS``); ``total_rate``, when set instead, is the chance that a
+    request suffers some fault, shared evenly among the kinds its route can suffer.
+    """
+
+    rates: dict[str, float] = field(default_factory=dict)
+    total_rate: float | None = None
+    seed: int = 0
+    script: dict[tuple[str, int], Fault] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.rates) - set(KINDS)
+        if unknown:
+            raise UsageError(f"unknown fault kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+        rates = [*self.rates.values(), *([self.total_rate] if self.total_rate is not None else [])]
+        if any(not 0 <= rate <= 1 for rate in rates):
+            raise UsageError("fault rates are between 0 and 1")
+
+    def next(self, route: str) -> Fault | None:
+        """The fault of the next request on ``route`` (and count it)."""
+        self.counts[route] += 1
+        number = self.counts[route]
+        if (route, number) in self.script:
+            return self.script[(route, number)]
+        choices = self._rates_of(route)
+        if not any(rate for rate, _ in choices):
+            return None
+        draw = random.Random(f"{self.seed}:{route}:{number}").random()
+        for rate, fault in choices:
+            if draw < rate:
+                return fault
+            draw -= rate
+        return None
+
+    def _rates_of(self, route: str) -> list[tuple[float, Fault]]:
+        faults = ROUTE_FAULTS[route]
+        if self.total_rate is not None:
+            return [(self.total_rate / len(faults), fault) for fault in faults.values()]
+        choices = [(self.rates.get(name, 0.0), fault) for name, fault in faults.items()]
+        total = sum(rate for rate, _ in choices)
+        return [(rate / total, fault) for rate, fault in choices] if total > 1 else choices
+
+
+_SCRIPT_ITEM = re.compile(
+    r"^(submit|status|result|download|credits):(\d+)=(\d{3}|drop|short|fail|slow)(?:@([0-9.]+))?$"
+)
+
+
+def parse_script(text: str) -> dict[tuple[str, int], Fault]:
+    """``submit:3=503,download:5=drop@0.4`` → the script of a :class:`FaultPlan`."""
+    script: dict[tuple[str, int], Fault] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = _SCRIPT_ITEM.match(item)
+        if not match:
+            raise UsageError(
+                f"bad fault script item {item!r}: write ROUTE:N=WHAT[@FRACTION], "
+                "e.g. submit:3=503 or download:5=drop@0.4"
+            )
+        route, number, what, at = match.groups()
+        fault = Fault("status", int(what)) if what.isdigit() else Fault(what)
+        script[(route, int(number))] = Fault(fault.kind, fault.status, float(at) if at else 0.5)
+    return script

@@ -1,0 +1,517 @@
+"""The simulator: Segmind's API as ``shared/segmind-api.md`` describes it, served by aiohttp on loopback.
+
+Routes (one base URL, paths as the real API has them):
+
+- ``POST /v1/{model}``: blocks for the generation latency, charges, answers the MP4 (or JSON naming it);
+- ``POST /v2/{model}``, ``GET /v2/requests/{id}/status``, ``GET /v2/requests/{id}``: submit, then poll;
+- ``GET /files/{id}.mp4``: the video, streamed with ``Content-Length``;
+- ``GET /v1/get-user-credits``: the balance;
+- ``GET /_sim/ledger``, ``POST /_sim/credits``: the books, and a top-up, for tests and people.
+
+Money: a v2 submit holds the price against the balance (a 406 when the balance less the holds cannot pay) and is
+charged when the generation completes; a failed generation releases it. Only completed generations are charged.
+Time: generation completion is computed from the clock when anything looks, so nothing sleeps at latency 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+from batchgen.canonical import content_hash
+from batchgen.models import known_models, load_model
+from batchgen.pricing import clip_spec, estimate_micros, micros, usd
+from batchgen.simulator.clips import make_clip, padded_chunks, padded_size, palette_of
+from batchgen.simulator.faults import Fault, FaultPlan
+from batchgen.simulator.ledger import Account, Charge, Seen
+from batchgen.validation import make_validator
+
+DEFAULT_KEY = "sim-key"
+RATE_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """How the simulator behaves. Times in seconds, money in USD."""
+
+    keys: tuple[str, ...] = (DEFAULT_KEY,)
+    credits_usd: float = 100.0
+    rpm: int = 50
+    latency_s: float = 0.0
+    latency_jitter_s: float = 0.0
+    ttl_s: float = 3600.0
+    v1_mode: str = "bytes"  # "bytes" (video/mp4), "url" (JSON with a URL) or "base64" (JSON with the bytes)
+    retry_after: bool = False  # add a Retry-After header to 429s (the real API sends none)
+    fault_429_reset_s: float = 1.0  # how far ahead an injected 429 sets the reset time
+    slow_first_byte_s: float = 1.0
+    video_size_bytes: int = 0  # pad every video to this size (0: the clip's own few kB)
+    forbidden_keys: tuple[str, ...] = ()
+    retired_models: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    """One accepted generation request."""
+
+    request_id: str
+    key: str
+    model: str
+    payload: dict[str, Any]
+    payload_hash: str
+    price_micros: int
+    created: float
+    due: float
+    will_fail: bool
+    state: str = "QUEUED"
+    settled: bool = False
+
+    def status_at(self, now: float) -> str:
+        """QUEUED for the first tenth of the latency, then PROCESSING until settled."""
+        if self.settled:
+            return self.state
+        return "QUEUED" if now < self.created + (self.due - self.created) / 10 else "PROCESSING"
+
+
+@dataclass
+class _Limiter:
+    times: deque[float] = field(default_factory=deque)
+    blocked_until: float = 0.0
+
+
+class Simulator:
+    """The provider's stand-in: owns its ``web.Application``, its ledger and its clock."""
+
+    def __init__(
+        self,
+        settings: SimSettings | None = None,
+        faults: FaultPlan | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or SimSettings()
+        self.faults = faults or FaultPlan(seed=self.settings.seed)
+        self.clock = clock
+        self.accounts = {key: Account(micros(self.settings.credits_usd)) for key in self.settings.keys}
+        self.generations: dict[str, Generation] = {}
+        self._due: list[tuple[float, str]] = []
+        self._limiters: dict[str, _Limiter] = {}
+        self._counter = 0
+        self._random = random.Random(f"{self.settings.seed}:latency")
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post("/v1/{model}", self.submit_v1),
+                web.post("/v2/{model}", self.submit_v2),
+                web.get("/v2/requests/{request_id}/status", self.status),
+                web.get("/v2/requests/{request_id}", self.result),
+                web.get("/files/{request_id}.mp4", self.download),
+                web.get("/v1/get-user-credits", self.credits),
+                web.get("/_sim/ledger", self.ledger_json),
+                web.post("/_sim/credits", self.top_up_json),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # --- life ---------------------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: any free port) and return the base URL."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.base_url = f"http://{host}:{bound[1]}"
+        return self.base_url
+
+    async def close(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- the books ----------------------------------------------------------------------------------------
+
+    def account(self, key: str = DEFAULT_KEY) -> Account:
+        """The account of ``key``, with every completion due by now settled."""
+        self._advance()
+        return self.accounts[key]
+
+    def add_credits(self, amount_usd: float, key: str = DEFAULT_KEY) -> None:
+        """Top up ``key``'s balance."""
+        self.accounts[key].balance_micros += micros(amount_usd)
+
+    def ledger(self) -> dict[str, Any]:
+        """Every account as JSON data, completions settled."""
+        self._advance()
+        return {key: account.as_json() for key, account in self.accounts.items()}
+
+    def _advance(self) -> None:
+        now = self.clock()
+        while self._due and self._due[0][0] <= now:
+            _, request_id = heapq.heappop(self._due)
+            self._settle(self.generations[request_id], now)
+
+    def _settle(self, generation: Generation, now: float) -> None:
+        if generation.settled:
+            return
+        account = self.accounts[generation.key]
+        account.finish()
+        account.held_micros -= generation.price_micros
+        generation.settled = True
+        if generation.will_fail:
+            generation.state = "FAILED"
+            return
+        generation.state = "COMPLETED"
+        account.balance_micros -= generation.price_micros
+        account.charges.append(Charge(generation.request_id, generation.payload_hash, generation.price_micros, now))
+
+    # --- submit -------------------------------------------------------------------------------------------
+
+    async def submit_v1(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/{model}``: the blocking call."""
+        admitted = await self._admit(request, "v1")
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        generation, fault = admitted
+        if generation.due > generation.created:
+            await asyncio.sleep(generation.due - generation.created)
+        self._settle(generation, self.clock())
+        if generation.will_fail:
+            return _error(500, "Generation failed: the model could not render this request")
+        if fault is not None and fault.kind == "drop":
+            return _drop(request)
+        return self._v1_answer(request, generation)
+
+    def _v1_answer(self, request: web.Request, generation: Generation) -> web.StreamResponse:
+        account = self.accounts[generation.key]
+        headers = {
+            "x-cost": f"{usd(generation.price_micros):.6f}",
+            "x-remaining-credits": f"{usd(account.balance_micros):.6f}",
+            "x-request-id": generation.request_id,
+            "x-generation-time": f"{generation.due - generation.created:.3f}",
+            **self._rate_headers(generation.key),
+        }
+        url = f"{_origin(request)}/files/{generation.request_id}.mp4"
+        if self.settings.v1_mode == "url":
+            return web.json_response({"status": "COMPLETED", "output": url}, headers=headers)
+        if self.settings.v1_mode == "base64":
+            video = base64.b64encode(self._clip(generation)).decode("ascii")
+            return web.json_response({"status": "COMPLETED", "output": video}, headers=headers)
+        return web.Response(body=self._clip(generation), content_type="video/mp4", headers=headers)
+
+    async def submit_v2(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v2/{model}``: accept and answer at once with the request's URLs."""
+        admitted = await self._admit(request, "v2")
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        generation, fault = admitted
+        if fault is not None and fault.kind == "drop":
+            return _drop(request)
+        origin = _origin(request)
+        rid = generation.request_id
+        return web.json_response(
+            {
+                "request_id": rid,
+                "status": "QUEUED",
+                "poll_url": f"{origin}/v1/requests/{rid}",
+                "status_url": f"{origin}/v2/requests/{rid}/status",
+                "response_url": f"{origin}/v2/requests/{rid}",
+            },
+            headers=self._rate_headers(generation.key),
+        )
+
+    async def _admit(self, request: web.Request, route: str) -> tuple[Generation, Fault | None] | web.StreamResponse:
+        """Every check of a submit, in the provider's order; a generation when it is accepted."""
+        key = request.headers.get("x-api-key", "")
+        refused = self._check_key(request, key) or self._check_model(request.match_info["model"])
+        if refused:
+            return refused
+        self._advance()
+        limited = self._rate_limit(key)
+        if limited:
+            self._record(key, route, "", 429, None)
+            return limited
+        payload = await _json_body(request)
+        if not isinstance(payload, dict):
+            return _error(400, "Invalid JSON body: expected an object with a prompt")
+        model = load_model(request.match_info["model"])
+        digest = content_hash(payload)
+        invalid = _invalid(model.slug, payload)
+        if invalid:
+            self._record(key, route, digest, 400, None)
+            return _error(400, invalid)
+        price = estimate_micros(payload, model)
+        account = self.accounts[key]
+        if account.balance_micros - account.held_micros < price:
+            self._record(key, route, digest, 406, None)
+            balance = usd(account.balance_micros - account.held_micros)
+            return _error(
+                406, f"Insufficient credits: your balance is ${balance:.4f}, this request needs ${usd(price):.4f}"
+            )
+        fault = self.faults.next("submit")
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(self.settings.slow_first_byte_s)
+        if fault is not None and fault.kind == "status":
+            self._record(key, route, digest, fault.status, None)
+            return self._fault_answer(fault)
+        generation = self._accept(
+            key, model.slug, payload, digest, price, will_fail=fault is not None and fault.kind == "fail"
+        )
+        self._record(key, route, digest, 200, generation.request_id)
+        return generation, fault
+
+    def _accept(
+        self, key: str, model: str, payload: dict[str, Any], digest: str, price: int, will_fail: bool
+    ) -> Generation:
+        self._counter += 1
+        request_id = str(uuid.UUID(int=random.Random(f"{self.settings.seed}:id:{self._counter}").getrandbits(128)))
+        now = self.clock()
+        jitter = self.settings.latency_jitter_s
+        latency = max(0.0, self.settings.latency_s + (self._random.uniform(-jitter, jitter) if jitter else 0.0))
+        generation = Generation(request_id, key, model, payload, digest, price, now, now + latency, will_fail)
+        self.generations[request_id] = generation
+        account = self.accounts[key]
+        account.held_micros += price
+        account.start()
+        heapq.heappush(self._due, (generation.due, request_id))
+        return generation
+
+    def _record(self, key: str, route: str, digest: str, status: int, request_id: str | None) -> None:
+        self.accounts[key].requests.append(Seen(route, digest, self.clock(), status, request_id))
+
+    def _check_key(self, request: web.Request, key: str) -> web.Response | None:
+        if not key:
+            bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+            hint = " (Bearer tokens are not accepted: send the key as x-api-key)" if bearer else ""
+            return _error(401, f"Missing API key: send the x-api-key header{hint}")
+        if key not in self.accounts:
+            return _error(401, "Invalid API key")
+        if key in self.settings.forbidden_keys:
+            return _error(403, "Forbidden: this key may not use this model")
+        return None
+
+    def _check_model(self, slug: str) -> web.Response | None:
+        if slug in self.settings.retired_models:
+            return _error(410, f"Model {slug} has been retired")
+        if slug not in known_models():
+            return _error(404, f"Model {slug} not found")
+        return None
+
+    def _rate_limit(self, key: str) -> web.Response | None:
+        now = self.clock()
+        limiter = self._limiters.setdefault(key, _Limiter())
+        while limiter.times and limiter.times[0] <= now - RATE_WINDOW_S:
+            limiter.times.popleft()
+        if len(limiter.times) >= self.settings.rpm or now < limiter.blocked_until:
+            reset = max(limiter.blocked_until, limiter.times[0] + RATE_WINDOW_S if limiter.times else now)
+            return self._too_many(reset)
+        limiter.times.append(now)
+        return None
+
+    def _rate_headers(self, key: str) -> dict[str, str]:
+        limiter = self._limiters.setdefault(key, _Limiter())
+        reset = limiter.times[0] + RATE_WINDOW_S if limiter.times else self.clock()
+        return {
+            "x-rate-limit-remaining": str(max(0, self.settings.rpm - len(limiter.times))),
+            "x-rate-limit-reset-at-utc": _utc(reset),
+        }
+
+    def _too_many(self, reset: float) -> web.Response:
+        headers = {"x-rate-limit-remaining": "0", "x-rate-limit-reset-at-utc": _utc(reset)}
+        if self.settings.retry_after:
+            headers["Retry-After"] = str(max(0, round(reset - self.clock())))
+        return _error(429, "Rate limit exceeded, please slow down", headers)
+
+    def _fault_answer(self, fault: Fault) -> web.Response:
+        if fault.status == 429:
+            return self._too_many(self.clock() + self.settings.fault_429_reset_s)
+        messages = {
+            500: "Internal server error",
+            502: "Bad gateway",
+            503: "Service unavailable",
+            504: "Gateway timeout",
+        }
+        return _error(fault.status, messages.get(fault.status, f"Error {fault.status}"))
+
+    # --- poll, fetch, download ----------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v2/requests/{id}/status``."""
+        found = await self._lookup(request, "status")
+        if isinstance(found, web.StreamResponse):
+            return found
+        state = found.status_at(self.clock())
+        if state == "FAILED":
+            return _failed(found)
+        return web.json_response({"status": state, "request_id": found.request_id, "metrics": {}})
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v2/requests/{id}``: the output URL and the metrics once completed."""
+        found = await self._lookup(request, "result")
+        if isinstance(found, web.StreamResponse):
+            return found
+        state = found.status_at(self.clock())
+        if state == "FAILED":
+            return _failed(found)
+        if state != "COMPLETED":
+            return web.json_response({"status": state, "request_id": found.request_id})
+        metrics = {
+            "cost": usd(found.price_micros),
+            "remaining_credits": usd(self.accounts[found.key].balance_micros),
+            "inference_time": round(found.due - found.created, 3),
+        }
+        url = f"{_origin(request)}/files/{found.request_id}.mp4"
+        return web.json_response(
+            {"status": "COMPLETED", "request_id": found.request_id, "output": url, "metrics": metrics}
+        )
+
+    async def _lookup(self, request: web.Request, route: str) -> Generation | web.StreamResponse:
+        key = request.headers.get("x-api-key", "")
+        refused = self._check_key(request, key)
+        if refused:
+            return refused
+        self._advance()
+        fault = self.faults.next(route)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(self.settings.slow_first_byte_s)
+        if fault is not None and fault.kind == "status":
+            return self._fault_answer(fault)
+        generation = self.generations.get(request.match_info["request_id"])
+        if generation is None or generation.key != key or self.clock() - generation.created > self.settings.ttl_s:
+            return _error(404, "Request not found or expired")
+        return generation
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        """``GET /files/{id}.mp4``: the video, streamed; a download fault breaks it part-way."""
+        self._advance()
+        generation = self.generations.get(request.match_info["request_id"])
+        if generation is None or generation.state != "COMPLETED":
+            return _error(404, "File not found")
+        fault = self.faults.next("download")
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(self.settings.slow_first_byte_s)
+        clip = self._clip(generation)
+        total = padded_size(clip, self.settings.video_size_bytes)
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = total
+        await response.prepare(request)
+        cut = int(total * fault.at) if fault is not None and fault.kind in ("drop", "short") else total
+        sent = 0
+        for chunk in padded_chunks(clip, self.settings.video_size_bytes):
+            part = chunk[: max(0, cut - sent)]
+            if part:
+                await response.write(part)
+            sent += len(part)
+            if sent >= cut:
+                break
+        if sent < total:
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    def _clip(self, generation: Generation) -> bytes:
+        spec = clip_spec(generation.payload, load_model(generation.model))
+        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette_of(str(generation.payload.get("prompt"))))
+
+    # --- account and books over HTTP ----------------------------------------------------------------------
+
+    async def credits(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/get-user-credits``."""
+        key = request.headers.get("x-api-key", "")
+        refused = self._check_key(request, key)
+        if refused:
+            return refused
+        self._advance()
+        return web.json_response({"credits": usd(self.accounts[key].balance_micros), "free-credits": 0.0})
+
+    async def ledger_json(self, request: web.Request) -> web.StreamResponse:
+        """``GET /_sim/ledger``: every account's books."""
+        return web.json_response(self.ledger())
+
+    async def top_up_json(self, request: web.Request) -> web.StreamResponse:
+        """``POST /_sim/credits`` with ``{"key": ..., "add_usd": ...}``."""
+        body = await _json_body(request)
+        if not isinstance(body, dict) or body.get("key") not in self.accounts:
+            return _error(400, 'expected {"key": <a key of this simulator>, "add_usd": <number>}')
+        self.add_credits(float(body.get("add_usd", 0)), body["key"])
+        return web.json_response({"credits": usd(self.accounts[body["key"]].balance_micros)})
+
+
+@asynccontextmanager
+async def running_simulator(
+    settings: SimSettings | None = None, faults: FaultPlan | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[Simulator]:
+    """A simulator serving on ``host:port`` for the duration of the block; its URL is ``.base_url``."""
+    simulator = Simulator(settings, faults)
+    await simulator.start(host, port)
+    try:
+        yield simulator
+    finally:
+        await simulator.close()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _failed(generation: Generation) -> web.Response:
+    body = {
+        "status": "FAILED",
+        "error": "Generation failed: content could not be rendered",
+        "request_id": generation.request_id,
+    }
+    return web.json_response(body, status=422)
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer: the client cannot tell whether it was accepted."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
+def _origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+
+
+@cache
+def _request_validator(model: str) -> Any:
+    return make_validator(load_model(model).request_schema)
+
+
+def _invalid(model: str, payload: dict[str, Any]) -> str | None:
+    """The provider's 400 message for an invalid body, naming the failing field; ``None`` when valid."""
+    validator = _request_validator(model)
+    error = next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path)))), None)
+    if error is None:
+        return None
+    field_name = ".".join(str(part) for part in error.absolute_path) or "body"
+    return f"Invalid value for '{field_name}': {error.message}"
