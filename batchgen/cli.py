@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from batchgen import __version__
+from batchgen.client import Client
 from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
+from batchgen.launch import KEY_ENV, Target, open_run, open_state, resolve_target, run_root
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
 from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
+from batchgen.report import status_data, status_text
+from batchgen.runner import Event, Runner, RunResult, RunSettings
 from batchgen.simulator import DEFAULT_KEY, FaultPlan, SimSettings, parse_script, running_simulator
 from batchgen.simulator.faults import KINDS
 
@@ -62,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_validate(commands)
     _add_plan(commands)
+    _add_run(commands)
+    _add_status(commands)
+    _add_retry(commands)
     _add_simulate(commands)
     return parser
 
@@ -269,3 +283,242 @@ async def _serve(settings: SimSettings, faults: FaultPlan, host: str, port: int)
         print(f"  export SEGMIND_API_KEY={settings.keys[0]}", flush=True)
         await stop.wait()
         return simulator.ledger()
+
+
+# --- run ---------------------------------------------------------------------------------------------------
+
+
+def _add_run(commands: Any) -> None:
+    command = _add_command(commands, "run", "run (or resume) the jobs of a manifest; saves verified videos", _run)
+    command.add_argument("manifest", metavar="MANIFEST", help="YAML manifest file")
+    command.add_argument("--out", metavar="DIR", help="run directory (default output/<manifest name>/)")
+    command.add_argument("--concurrency", type=int, metavar="N", help="jobs in flight at once (default: manifest's)")
+    command.add_argument("--rpm", type=int, metavar="R", help="submits per minute (default: manifest's, else 5)")
+    command.add_argument("--budget", type=float, metavar="USD", help="hard cap on spend (default: manifest's)")
+    command.add_argument("--transport", choices=["v1", "v2"], help="v2: submit then poll (default); v1: one POST")
+    command.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="API base URL (default $SEGMIND_BASE_URL, the manifest's, else https://api.segmind.com)",
+    )
+    command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
+    command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
+    command.add_argument("--max-attempts", type=int, metavar="N", help="attempts per job (default: manifest's, else 5)")
+    command.add_argument(
+        "--deadline",
+        metavar="TIME",
+        help="stop submitting when a job would end after TIME (HH:MM, the next such time, or an ISO date-time)",
+    )
+    command.add_argument("--poll-interval-s", type=float, metavar="S", help="v2 poll interval (default 5)")
+    command.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no key, no cost)")
+    command.add_argument("--sim-latency-s", type=float, default=2.0, metavar="S", help="simulated generation time")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    _add_max_jobs(command)
+
+
+def _run(args: argparse.Namespace) -> int:
+    manifest, jobs = _load(args.manifest, args.max_jobs)
+    settings = _run_settings(args, manifest)
+    target = (
+        None
+        if args.simulate
+        else resolve_target(
+            manifest,
+            base_url_flag=args.base_url,
+            key_env=args.api_key_env,
+            environ=os.environ,
+            allow_insecure_http=args.allow_insecure_http,
+        )
+    )
+    root = run_root(manifest, args.out)
+    with open_run(root, manifest, jobs, settings.budget_micros) as (run_dir, store):
+        progress = Progress(len(jobs), settings.budget_micros, enabled=not args.no_progress)
+        try:
+            result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress))
+        finally:
+            progress.close()
+    _print_result(result, root)
+    return int(result.exit_code)
+
+
+def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
+    budget = args.budget if args.budget is not None else manifest.budget_usd
+    for name in ("concurrency", "rpm", "max_attempts"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if budget is not None and budget <= 0:
+        raise UsageError("--budget must be more than 0")
+    poll = args.poll_interval_s or (max(0.05, args.sim_latency_s / 4) if args.simulate else 5.0)
+    return RunSettings(
+        concurrency=args.concurrency or manifest.concurrency,
+        rpm=args.rpm or manifest.rpm,
+        budget_micros=None if budget is None else micros(budget),
+        transport=args.transport or manifest.transport or "v2",
+        max_attempts=args.max_attempts or manifest.max_attempts or 5,
+        poll_interval_s=poll,
+        backoff_base_s=0.5 if args.simulate else 2.0,
+        deadline=_parse_deadline(args.deadline) if args.deadline else None,
+    )
+
+
+def _parse_deadline(text: str, now: datetime | None = None) -> float:
+    now = now or datetime.now().astimezone()
+    try:
+        if len(text) <= 5 and ":" in text:
+            hours, minutes = (int(part) for part in text.split(":"))
+            at = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+            return (at if at > now else at + timedelta(days=1)).timestamp()
+        at = datetime.fromisoformat(text)
+        return (at if at.tzinfo else at.astimezone()).timestamp()
+    except ValueError:
+        raise UsageError(f"--deadline {text!r}: write HH:MM (e.g. 07:00) or an ISO date-time") from None
+
+
+async def _run_async(
+    manifest: Manifest,
+    store: Any,
+    run_dir: Any,
+    settings: RunSettings,
+    target: Target | None,
+    args: argparse.Namespace,
+    progress: Progress,
+) -> RunResult:
+    if target is None:
+        key = f"sim-{secrets.token_hex(8)}"
+        sim_settings = SimSettings(keys=(key,), latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
+        async with running_simulator(sim_settings) as simulator:
+            return await _drive(manifest, store, run_dir, settings, Target(simulator.base_url, key), progress)
+    return await _drive(manifest, store, run_dir, settings, target, progress)
+
+
+async def _drive(
+    manifest: Manifest, store: Any, run_dir: Any, settings: RunSettings, target: Target, progress: Progress
+) -> RunResult:
+    client = Client(
+        target.base_url, target.api_key, manifest.model.slug, connections=max(100, settings.concurrency * 2)
+    )
+    async with client:
+        runner = Runner(store, run_dir, client, manifest.model, settings, on_event=progress.event)
+        progress.runner = runner
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.request_stop)
+        try:
+            return await runner.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+class Progress:
+    """A tqdm bar on a terminal, one plain line a minute otherwise, or nothing (``--no-progress``)."""
+
+    LINE_EVERY_S = 60.0
+
+    def __init__(self, total: int, budget_micros: int | None, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.budget = budget_micros
+        self.runner: Runner | None = None
+        self.total = total
+        self.last_line = time.monotonic()
+        self.bar = (
+            tqdm(total=total, unit="job", file=sys.stderr, dynamic_ncols=True)
+            if (enabled and sys.stderr.isatty())
+            else None
+        )
+
+    def event(self, event: Event) -> None:
+        if not self.enabled or self.runner is None:
+            return
+        if event.kind in ("warning", "stop", "failed", "lost"):
+            self._say(event.message)
+        counts = self.runner.store.counts()
+        finished = counts["done"] + counts["failed"] + counts["skipped"] + counts["lost"]
+        spent = format_usd(self.runner.store.money().spent_micros)
+        of = f" of {format_usd(self.budget)}" if self.budget is not None else ""
+        flying = counts["submitting"] + counts["submitted"] + counts["downloading"]
+        if self.bar is not None:
+            self.bar.n = finished
+            self.bar.set_postfix_str(f"failed {counts['failed']}, in flight {flying}, {spent}{of}", refresh=True)
+        elif time.monotonic() - self.last_line >= self.LINE_EVERY_S:
+            self.last_line = time.monotonic()
+            print(
+                f"{finished}/{self.total} finished, {counts['failed']} failed, {flying} in flight, {spent}{of} spent",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_result(result: RunResult, root: Path) -> None:
+    counts = result.counts
+    shown = ", ".join(f"{counts[state]} {state}" for state in counts if counts[state])
+    print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}")
+    if result.stop_message:
+        print(result.stop_message, file=sys.stderr)
+    hints = {
+        ExitCode.JOBS_FAILED: f"see `batchgen status --out {root}`; `batchgen retry --out {root} --failed` tries again",
+        ExitCode.BUDGET: "jobs were left for the budget or the deadline: raise --budget and run again to go on",
+        ExitCode.PROVIDER: "fix the cause (key, credits, model), then run again: finished jobs are not paid again",
+        ExitCode.INTERRUPTED: "run the same command again to resume",
+    }
+    if result.exit_code in hints:
+        print(hints[result.exit_code], file=sys.stderr)
+
+
+# --- status and retry --------------------------------------------------------------------------------------
+
+
+def _add_target(command: argparse.ArgumentParser) -> None:
+    command.add_argument("manifest", nargs="?", metavar="MANIFEST", help="the manifest of the run")
+    command.add_argument("--out", metavar="DIR", help="the run directory (instead of MANIFEST)")
+
+
+def _root_of(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    if not args.manifest:
+        raise UsageError("name the run: give its MANIFEST or --out DIR")
+    return run_root(load_manifest(args.manifest, max_jobs=sys.maxsize), None)
+
+
+def _add_status(commands: Any) -> None:
+    command = _add_command(commands, "status", "show a run's jobs, money, failures and requests in flight", _status)
+    _add_target(command)
+    command.add_argument("--json", action="store_true", help="print the status as JSON")
+
+
+def _status(args: argparse.Namespace) -> int:
+    with open_state(_root_of(args)) as (_, store):
+        data = status_data(store)
+    print(json.dumps(data, indent=2) if args.json else status_text(data))
+    return int(ExitCode.OK)
+
+
+def _add_retry(commands: Any) -> None:
+    command = _add_command(commands, "retry", "put failed (--failed) or lost (--lost) jobs back in line", _retry)
+    _add_target(command)
+    command.add_argument(
+        "--failed",
+        action="store_true",
+        help="failed jobs (the default); a paid clip is only downloaded again, never paid again",
+    )
+    command.add_argument("--lost", action="store_true", help="lost jobs: requests the provider forgot (pays again)")
+
+
+def _retry(args: argparse.Namespace) -> int:
+    states = [state for state, wanted in (("failed", args.failed), ("lost", args.lost)) if wanted] or ["failed"]
+    with open_state(_root_of(args), write=True) as (_, store):
+        ids = store.requeue(states, time.time())
+    print(f"{len(ids)} job{'s' * (len(ids) != 1)} back in line ({' and '.join(states)}); `batchgen run` goes on")
+    return int(ExitCode.OK)

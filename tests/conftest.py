@@ -35,3 +35,30 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture
+async def make_sim():
+    """Start simulators on loopback (closed after the test): ``await make_sim(SimSettings(...), FaultPlan(...))``."""
+    from batchgen.simulator import Simulator
+
+    started = []
+
+    async def make(settings=None, faults=None, clock=None):
+        sim = Simulator(settings, faults, clock=clock) if clock else Simulator(settings, faults)
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        await sim.close()
+
+
+def batch_manifest(count: int, *, name: str = "batch", duration: int = 3, audio: bool = False, extra: str = "") -> str:
+    """A manifest of ``count`` jobs: one shot with a matrix of ``count`` numbered variants."""
+    values = ", ".join(str(i) for i in range(count))
+    return (
+        f"version: 1\nname: {name}\n{extra}defaults:\n  duration: {duration}\n  generate_audio: {str(audio).lower()}\n"
+        f"shots:\n  - id: clip\n    prompt: 'Clip number {{n}} of a test batch'\n    matrix:\n      n: [{values}]\n"
+    )

@@ -21,7 +21,7 @@ import heapq
 import random
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -109,8 +109,9 @@ class Simulator:
         self._due: list[tuple[float, str]] = []
         self._limiters: dict[str, _Limiter] = {}
         self._counter = 0
+        self.hits: Counter[str] = Counter()  # every HTTP request, by route name, whatever its answer
         self._random = random.Random(f"{self.settings.seed}:latency")
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._count_hits])
         self.app.add_routes(
             [
                 web.post("/v1/{model}", self.submit_v1),
@@ -125,6 +126,13 @@ class Simulator:
         )
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+
+    @web.middleware
+    async def _count_hits(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        self.hits[route.canonical if route is not None else request.path] += 1
+        response: web.StreamResponse = await handler(request)
+        return response
 
     # --- life ---------------------------------------------------------------------------------------------
 
@@ -428,7 +436,9 @@ class Simulator:
 
     def _clip(self, generation: Generation) -> bytes:
         spec = clip_spec(generation.payload, load_model(generation.model))
-        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette_of(str(generation.payload.get("prompt"))))
+        # The picture follows the prompt and the request, so that two takes of one prompt differ too.
+        palette = palette_of(f"{generation.payload.get('prompt')}:{generation.request_id}")
+        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette)
 
     # --- account and books over HTTP ----------------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""What an answer of the provider means: one pure function over the table of ``segmind-api.md``.
+
+``classify(phase, status, headers, body)`` → :class:`Decision`. ``status`` is ``None`` when no answer arrived
+(``body`` then says whether the request was surely not sent: ``"unsent"``). Nothing else in batchgen looks at a
+status code.
+
+======  ==========================================  ======================================  ========
+status  meaning                                      action                                  billed
+======  ==========================================  ======================================  ========
+2xx     ok                                           ok                                      yes
+400     bad parameters                               fail_job (permanent, show the message)  no
+401/403 missing/invalid key, forbidden               stop_run                                no
+404     submit: model not found; poll: expired      stop_run / lost                         no / unknown
+406     insufficient credits                         stop_submits (in-flight jobs finish)    no
+410     model retired                                stop_run                                no
+422     v2 job FAILED                                retry (a new attempt)                   no
+429     rate limited                                 pause_submits until the reset time      no
+5xx     server error, bad gateway, timeout           retry with backoff                      no
+none    no answer to a submit that was sent          retry, possibly billed                  unknown
+======  ==========================================  ======================================  ========
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+PHASES = ("submit", "poll", "result", "download", "credits")
+MAX_PAUSE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after an answer: ``action`` and whether the attempt was ``billed`` (yes, no, unknown)."""
+
+    action: str  # ok, retry, fail_job, pause_submits, stop_submits, stop_run, lost
+    billed: str
+    message: str
+    status: int | None = None
+    pause_until: float | None = None  # epoch seconds, for pause_submits
+
+    def with_message(self, message: str) -> Decision:
+        """The same decision with another message."""
+        return replace(self, message=message)
+
+
+def classify(phase: str, status: int | None, headers: Mapping[str, str], body: bytes | str, now: float) -> Decision:
+    """The decision for one answer (or silence) of the provider in ``phase``, at time ``now``."""
+    message = provider_message(status, body)
+    if status is None:
+        billed = "unknown" if phase == "submit" and body != "unsent" else "no"
+        return Decision("retry", billed, message or "no answer from the provider")
+    if 200 <= status < 300:
+        return Decision("ok", "yes", "", status)
+    action = _ACTIONS.get(status) or ("retry" if status >= 500 else "fail_job")
+    if status == 404:
+        action = "stop_run" if phase == "submit" else "lost" if phase in ("poll", "result") else "fail_job"
+    if status == 429:
+        return Decision("pause_submits", "no", message, status, pause_until(headers, now))
+    billed = "unknown" if action == "lost" else "no"
+    return Decision(action, billed, message, status)
+
+
+_ACTIONS = {400: "fail_job", 401: "stop_run", 403: "stop_run", 406: "stop_submits", 410: "stop_run", 422: "retry"}
+
+
+def pause_until(headers: Mapping[str, str], now: float, default_s: float = 60.0) -> float:
+    """When a 429 lets submits resume: Retry-After, else ``x-rate-limit-reset-at-utc``, capped to an hour.
+
+    A reset time in the past means "now"; one absurdly far ahead is capped, so a broken header cannot stall a run.
+    """
+    lower = {key.lower(): value for key, value in headers.items()}
+    retry_after = lower.get("retry-after", "")
+    if retry_after.strip().isdigit():
+        return now + min(float(retry_after), MAX_PAUSE_S)
+    reset = lower.get("x-rate-limit-reset-at-utc")
+    if reset:
+        try:
+            at = datetime.fromisoformat(reset.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            at = now + default_s
+        return min(max(at, now), now + MAX_PAUSE_S)
+    return now + default_s
+
+
+def provider_message(status: int | None, body: bytes | str, limit: int = 300) -> str:
+    """The provider's words: ``{"error": ...}`` when the body has it, else the start of the body."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if text == "unsent":
+        return "could not connect to the provider"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])[:limit]
+    snippet = " ".join(text.split())[:limit]
+    prefix = f"HTTP {status}" if status else ""
+    return f"{prefix}: {snippet}" if snippet and prefix else snippet or prefix

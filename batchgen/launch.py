@@ -1,0 +1,133 @@
+"""Opening a run: where it talks to (base URL, key), its directory, its lock and its state, ready for the runner.
+
+The key is read from the environment (``SEGMIND_API_KEY``, or the variable ``--api-key-env`` names) and handed to
+the client only; it is never stored, logged or put in a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from yarl import URL
+
+from batchgen.client import DEFAULT_BASE_URL
+from batchgen.errors import UsageError
+from batchgen.jobs import Job
+from batchgen.manifest import Manifest
+from batchgen.outputs import RunDir, RunLock
+from batchgen.pricing import estimate_micros
+from batchgen.store import Store
+
+KEY_ENV = "SEGMIND_API_KEY"
+BASE_URL_ENV = "SEGMIND_BASE_URL"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run sends its requests. ``repr`` leaves the key out."""
+
+    base_url: str
+    api_key: str
+
+    def __repr__(self) -> str:
+        return f"Target(base_url={self.base_url!r})"
+
+
+def run_root(manifest: Manifest, out: str | None) -> Path:
+    """The run directory: ``--out``, else ``output/<manifest name>/``."""
+    return Path(out) if out else Path("output") / manifest.name
+
+
+def resolve_target(
+    manifest: Manifest,
+    *,
+    base_url_flag: str | None,
+    key_env: str,
+    environ: Mapping[str, str],
+    allow_insecure_http: bool = False,
+) -> Target:
+    """The base URL (flag, ``SEGMIND_BASE_URL``, the manifest's ``api.base_url``, the default) and the key."""
+    base_url = base_url_flag or environ.get(BASE_URL_ENV) or manifest.base_url or DEFAULT_BASE_URL
+    check_base_url(base_url, allow_insecure_http)
+    key = environ.get(key_env, "").strip()
+    if not key:
+        raise UsageError(
+            f"no API key: set {key_env} (or name another variable with --api-key-env), "
+            "or pass --simulate to run against the built-in simulator"
+        )
+    return Target(base_url, key)
+
+
+def check_base_url(base_url: str, allow_insecure_http: bool) -> None:
+    """Refuse anything but https, except plain http to loopback or with ``--allow-insecure-http``."""
+    url = URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UsageError(f"the base URL {base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
+    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+        raise UsageError(
+            f"the base URL {base_url} is plain http to another machine: the key would travel in clear text; "
+            "use https, or pass --allow-insecure-http if you really mean it"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextmanager
+def open_run(
+    root: Path, manifest: Manifest, jobs: list[Job], budget_micros: int | None
+) -> Iterator[tuple[RunDir, Store]]:
+    """The run directory created and locked, its state opened and reconciled with the manifest's jobs."""
+    run_dir = RunDir(root)
+    run_dir.prepare()
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        store = Store.open(run_dir.state)
+        try:
+            estimates = [estimate_micros(job.payload, manifest.model, manifest.price) for job in jobs]
+            store.sync_jobs(jobs, estimates, time.time())
+            store.set_meta(
+                name=manifest.name,
+                manifest=os.path.abspath(manifest.file),
+                model=manifest.model.slug,
+                budget_micros=budget_micros,
+                started_at=time.time(),
+            )
+            yield run_dir, store
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
+@contextmanager
+def open_state(root: Path, *, write: bool = False) -> Iterator[tuple[RunDir, Store]]:
+    """An existing run's state: read-only without the lock (a run may be going), or locked for a change."""
+    run_dir = RunDir(root)
+    if not run_dir.state.exists():
+        raise UsageError(f"no run in {root}: there is no {run_dir.state.name} (run `batchgen run` first)")
+    lock = RunLock(run_dir) if write else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        store = Store.open(run_dir.state, readonly=not write)
+        try:
+            yield run_dir, store
+        finally:
+            store.close()
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,293 @@
+"""The run directory: its lock, atomic files, verified videos, per-job logs and ``run.log``.
+
+A video is streamed to ``videos/<job>.mp4.part``, hashed as it comes, fsynced, probed with PyAV, and only then
+renamed to ``videos/<job>.mp4``: a file named ``.mp4`` is always whole, and a ``.part`` is never trusted.
+Every file is private (directories 0700, files 0600): prompts can be confidential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import av
+
+from batchgen.errors import OutputError, ProtocolError, RunLockedError
+from batchgen.pricing import ClipSpec
+from batchgen.store import AttemptRow, JobRow
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+DURATION_TOLERANCE_S = 0.5
+ASPECT_TOLERANCE = 0.03
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def videos(self) -> Path:
+        return self.root / "videos"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run_log(self) -> Path:
+        return self.root / "run.log"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    def video(self, job_id: str) -> Path:
+        """Where a job's video goes."""
+        return self.videos / f"{job_id}.mp4"
+
+    def prepare(self) -> None:
+        """Create the directory tree, private to its owner."""
+        try:
+            for path in (self.root, self.videos, self.logs):
+                path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                path.chmod(DIR_MODE)
+        except OSError as exc:
+            raise OutputError(f"cannot create the run directory {self.root}: {exc.strerror}") from None
+
+    def remove_stale_parts(self) -> int:
+        """Delete ``.part`` files a stopped run left behind (never trusted); how many there were."""
+        parts = list(self.videos.glob("*.part"))
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return len(parts)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the life of a run; it names the holder's pid."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.path = run_dir.lock_file
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunLockedError` naming the other run's pid."""
+        handle = open(_private(self.path, os.O_RDWR | os.O_CREAT), "r+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunLockedError(
+                f"another batchgen run (pid {holder}) is using {self.path.parent}; wait for it, or stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class PartFile:
+    """A video being received: written to ``.part``, hashed on the way, placed only when whole and checked."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.part = final.with_name(final.name + ".part")
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._fd = _private(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``."""
+        try:
+            os.write(self._fd, chunk)
+        except OSError as exc:
+            self.discard()
+            raise _output_error(exc, self.part) from None
+        self._digest.update(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        """The hash of what was written."""
+        return self._digest.hexdigest()
+
+    def sync(self) -> None:
+        """Flush the bytes to disk and close the file."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.discard()
+            raise _output_error(exc, self.part) from None
+        finally:
+            self._close()
+
+    def place(self) -> None:
+        """Rename the checked ``.part`` to its final name, and make the rename durable."""
+        os.replace(self.part, self.final)
+        _fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        """Forget a broken or unwanted ``.part``."""
+        self._close()
+        self.part.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def probe_video(path: Path) -> dict[str, Any]:
+    """What the file really is, read with PyAV; ``ProtocolError`` when it is no video at all."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ProtocolError("the file has no video stream")
+            video = container.streams.video[0]
+            if video.duration is not None and video.time_base is not None:
+                seconds = float(video.duration * video.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / 1_000_000
+            else:
+                seconds = 0.0
+            return {
+                "duration_s": round(seconds, 3),
+                "width": video.codec_context.width,
+                "height": video.codec_context.height,
+                "codec": video.codec_context.name,
+                "audio": bool(container.streams.audio),
+            }
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the download is not a playable video: {exc}") from None
+
+
+def compare(probe: dict[str, Any], spec: ClipSpec) -> list[str]:
+    """Warnings where the video differs from what was asked (kept, not refused: the clip is paid)."""
+    warnings = []
+    if abs(probe["duration_s"] - spec.seconds) > DURATION_TOLERANCE_S:
+        warnings.append(f"duration mismatch: asked {spec.seconds} s, got {probe['duration_s']} s")
+    width, height = spec.aspect_ratio.split(":")
+    wanted = int(width) / int(height)
+    got = probe["width"] / probe["height"] if probe["height"] else 0
+    if abs(got - wanted) > ASPECT_TOLERANCE * wanted:
+        warnings.append(f"aspect mismatch: asked {spec.aspect_ratio}, got {probe['width']}x{probe['height']}")
+    if probe["audio"] != spec.audio:
+        warnings.append(f"audio mismatch: asked {'audio' if spec.audio else 'silence'}, got the other")
+    return warnings
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a temporary file, fsynced, renamed over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise _output_error(exc, path) from None
+
+
+def job_log(job: JobRow, attempts: list[AttemptRow]) -> dict[str, Any]:
+    """The content of ``logs/<job>.json``: the job, its payload, every attempt, the outcome."""
+    return {
+        "job": job.id,
+        "shot": job.shot_id,
+        "take": job.take,
+        "variables": dict(job.variables),
+        "model": job.model,
+        "payload": job.payload,
+        "state": job.state,
+        "reason": job.reason,
+        "request_id": job.request_id,
+        "possibly_billed_twice": job.possibly_billed_twice,
+        "estimate_usd": job.estimate_micros / 1_000_000,
+        "attempts": [
+            {
+                "number": a.number,
+                "transport": a.transport,
+                "started_at": _iso(a.started_at),
+                "ended_at": _iso(a.ended_at),
+                "request_id": a.request_id,
+                "http_status": a.http_status,
+                "message": a.message,
+                "outcome": a.outcome,
+                "backoff_s": a.backoff_s,
+                "money": a.money,
+                "cost_usd": a.settled_micros / 1_000_000,
+            }
+            for a in attempts
+        ],
+        "video": job.video_path,
+        "sha256": job.sha256,
+        "probe": job.probe,
+        "warnings": job.warnings,
+    }
+
+
+class RunLog:
+    """``run.log``: one line per state change, appended."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a", encoding="utf-8")  # noqa: SIM115
+
+    def line(self, job_id: str, text: str) -> None:
+        """Append ``<UTC time> <job> <text>``."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._file.write(f"{stamp} {job_id} {text}\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _private(path: Path, flags: int) -> int:
+    try:
+        return os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        raise _output_error(exc, path) from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"the disk is full while writing {path}: free some space, then run again to resume")
+    return OutputError(f"cannot write {path}: {exc.strerror}")

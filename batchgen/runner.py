@@ -1,0 +1,656 @@
+"""The scheduler: jobs → saved, verified videos, under a concurrency cap, a rate limit and a hard budget.
+
+One loop, four kinds of task:
+
+- the **submitter** takes pending jobs in manifest order; for each it waits for a free slot (concurrency), a rate
+  token (submits per minute; a 429 closes the gate for everyone until its reset time) and a budget reservation
+  (one transaction with the ``submitting`` mark), then POSTs in a task of its own;
+- v2: one **poller** checks every submitted job each interval (bounded parallel GETs); a job's slot is freed when
+  the provider says it finished;
+- a bounded pool of **downloaders** streams videos to ``.part``, checks them (in a thread) and renames them;
+- v1: the POST itself waits for the video; its slot is held for the whole call.
+
+Stops (a signal, 401/403/404-model/410, 406, the deadline) close the submitter first; what is in flight is
+finished or parked in the state, never dropped. Progress goes out through ``on_event``; this module never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from batchgen.budget import Budget
+from batchgen.client import AnswerError, Client, Completed
+from batchgen.decisions import Decision
+from batchgen.errors import BatchgenError, ExitCode, OutputError, ProtocolError
+from batchgen.models import Model
+from batchgen.outputs import PartFile, RunDir, RunLog, compare, job_log, probe_video, write_json
+from batchgen.pricing import clip_spec, format_usd
+from batchgen.store import JobRow, Money, Store
+
+RATE_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run behaves; every duration in seconds, money in µUSD."""
+
+    concurrency: int = 4
+    rpm: int = 5
+    budget_micros: int | None = None
+    transport: str = "v2"
+    max_attempts: int = 5
+    poll_interval_s: float = 5.0
+    poll_parallel: int = 16
+    downloaders: int = 4
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 300.0
+    deadline: float | None = None  # epoch seconds
+    check_credits: bool = True
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, for progress displays (``kind``: submit, done, retry, failed, skipped, lost,
+    ambiguous, warning, stop)."""
+
+    kind: str
+    job_id: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended."""
+
+    exit_code: ExitCode
+    counts: dict[str, int]
+    money: Money
+    stop_message: str | None = None
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float, draw: float) -> float:
+    """Exponential backoff with full jitter: ``draw × min(cap, base × 2^(attempt-1))``, ``draw`` in [0, 1)."""
+    return draw * min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
+
+
+@dataclass
+class _Stop:
+    kind: str | None = None  # interrupt, provider, credits, error
+    message: str | None = None
+    submits_closed: bool = False
+    hard: bool = False
+
+
+class Slots:
+    """The concurrency cap: a counter that re-attached jobs may fill past the cap, and waiters."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        """Wait for a free slot and take it."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used < self.cap)
+            self.used += 1
+
+    def take(self) -> None:
+        """Take a slot without waiting (a re-attached job)."""
+        self.used += 1
+
+    async def release(self) -> None:
+        """Give a slot back."""
+        async with self._changed:
+            self.used -= 1
+            self._changed.notify_all()
+
+
+class RateGate:
+    """At most ``rpm`` submits in any 60 s, and a pause for everyone after a 429."""
+
+    def __init__(self, rpm: int, clock: Callable[[], float]) -> None:
+        self.rpm = rpm
+        self.clock = clock
+        self.sent: list[float] = []
+        self.paused_until = 0.0
+
+    async def acquire(self) -> None:
+        """Wait until a submit may go, and count it."""
+        while True:
+            now = self.clock()
+            self.sent = [t for t in self.sent if t > now - RATE_WINDOW_S]
+            wait = max(
+                self.paused_until - now, (self.sent[0] + RATE_WINDOW_S - now) if len(self.sent) >= self.rpm else 0
+            )
+            if wait <= 0:
+                self.sent.append(now)
+                return
+            await asyncio.sleep(wait)
+
+    def pause(self, until: float) -> None:
+        """Close the gate until ``until`` (epoch seconds)."""
+        self.paused_until = max(self.paused_until, until)
+
+
+class Runner:
+    """Runs the jobs of one run directory to the end, or to a clean stop."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_dir: RunDir,
+        client: Client,
+        model: Model,
+        settings: RunSettings,
+        on_event: Callable[[Event], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.run_dir = run_dir
+        self.client = client
+        self.model = model
+        self.settings = settings
+        self.budget = Budget(settings.budget_micros)
+        self.on_event = on_event or (lambda event: None)
+        self.clock = clock
+        self.random = random.Random(settings.seed)
+        self.slots = Slots(settings.concurrency)
+        self.rate = RateGate(settings.rpm, clock)
+        self.stop = _Stop()
+        self.posting: set[str] = set()
+        self.watching: dict[str, JobRow] = {}
+        self.downloading: set[str] = set()
+        self.durations: list[float] = []
+        self.warned_budget = False
+        self.budget_skips = 0
+        self._changed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._downloads: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
+        self._log = RunLog(run_dir.run_log)
+
+    # --- the whole run ------------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        """Run until every job is finished or the run is stopped; the state says what is left."""
+        try:
+            self._resume()
+            if self.settings.check_credits:
+                await self._check_credits()
+            workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
+            if self.settings.transport == "v2":
+                workers.append(asyncio.create_task(self._poll_loop()))
+            try:
+                await self._submitting()
+                await self._drain()
+            finally:
+                for worker in workers:
+                    worker.cancel()
+                for timer in self._timers:
+                    timer.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                await self._cancel_posts()
+        finally:
+            self._log.close()
+        if self._failure is not None:
+            raise self._failure
+        return self._result()
+
+    def request_stop(self) -> None:
+        """A signal: the first stops submitting and parks what is in flight; the second stops at once."""
+        if self.stop.kind == "interrupt":
+            self.stop.hard = True
+        self._stop("interrupt", "interrupted: the state is saved; run again to resume")
+
+    def _stop(self, kind: str, message: str) -> None:
+        if self.stop.kind is None or kind == "interrupt":
+            self.stop.kind, self.stop.message = kind, message
+            self._event("stop", None, f"! {message}")
+        self.stop.submits_closed = True
+        self._stopped.set()
+        self._notify()
+
+    def _result(self) -> RunResult:
+        counts = self.store.counts()
+        money = self.store.money()
+        if self.stop.kind == "interrupt":
+            code = ExitCode.INTERRUPTED
+        elif self.stop.kind in ("provider", "credits"):
+            code = ExitCode.PROVIDER
+        elif counts["skipped"] or counts["pending"]:
+            code = ExitCode.BUDGET
+        elif counts["failed"] or counts["lost"]:
+            code = ExitCode.JOBS_FAILED
+        else:
+            code = ExitCode.OK
+        return RunResult(code, counts, money, self.stop.message)
+
+    def _resume(self) -> None:
+        """Invariant 4: restart is just reading the state."""
+        now = self.clock()
+        for job_id in self.store.recover(now):
+            self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
+            self._write_job_log(job_id)
+        self.run_dir.remove_stale_parts()
+        for job in self.store.jobs(["submitted"]):
+            self.watching[job.id] = job
+            self.slots.take()
+            self._event("info", job.id, f"↻ re-attached to request {job.request_id}")
+        for job in self.store.jobs(["downloading"]):
+            if job.video_url:
+                self._queue_download(job.id, 0)
+            else:
+                message = f"paid (request {job.request_id}) but the v1 answer was lost before it was saved"
+                self.store.download_failed(job.id, message, 0, True, now)
+                self._event("failed", job.id, message)
+
+    async def _check_credits(self) -> None:
+        todo = sum(job.estimate_micros for job in self.store.jobs(["pending"]) if job.in_manifest)
+        if todo == 0:
+            return
+        try:
+            balance = await self.client.credits()
+        except AnswerError as exc:
+            if exc.decision.action == "stop_run":
+                self._stop("provider", f"the provider refused the key: {exc.decision.message}")
+            else:
+                self._event("warning", None, f"! could not read the account balance: {exc.decision.message}")
+            return
+        if balance * 1_000_000 < todo:
+            self._event(
+                "warning",
+                None,
+                f"! the balance (${balance:.2f}) is below the estimate of what is left ({format_usd(todo)})",
+            )
+
+    # --- submitting ---------------------------------------------------------------------------------------
+
+    async def _submitting(self) -> None:
+        """Run the submit loop until it ends or a stop closes it (it may be waiting for a slot or a token)."""
+        submitter = asyncio.create_task(self._submit_loop(), name="submitter")
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            await asyncio.wait({submitter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not submitter.done():
+                submitter.cancel()
+            await asyncio.gather(submitter, stopped, return_exceptions=True)
+        error = None if submitter.cancelled() else submitter.exception()
+        if error is not None:
+            raise error  # a bug: let it surface
+
+    async def _submit_loop(self) -> None:
+        while not self.stop.submits_closed:
+            job = self.store.next_pending(self.clock())
+            if job is None:
+                if not self._busy() and self.store.earliest_pending() is None:
+                    return
+                await self._wait_for_change(self.store.earliest_pending())
+                continue
+            await self._submit_one(job)
+
+    async def _submit_one(self, job: JobRow) -> None:
+        await self.slots.acquire()
+        try:
+            await self.rate.acquire()
+            if self.stop.submits_closed or self._past_deadline():
+                await self.slots.release()
+                return
+            attempt = self.budget.reserve(
+                self.store, job.id, self.settings.transport, job.estimate_micros, self.clock()
+            )
+        except BaseException:
+            await self.slots.release()
+            raise
+        if attempt is None:
+            await self.slots.release()
+            await self._over_budget(job)
+            return
+        self._event("submit", job.id, f"→ submit (attempt {job.attempts_used + 1})")
+        self.posting.add(job.id)
+        post = self._post_v2(job) if self.settings.transport == "v2" else self._post_v1(job)
+        self._spawn(post, job.id)
+
+    async def _over_budget(self, job: JobRow) -> None:
+        money = self.store.money()
+        if money.reserved_micros and self.budget.fits(Money(money.spent_micros, 0), job.estimate_micros):
+            # It may fit once an attempt in flight releases its reservation: wait for one to end, then ask again.
+            await self._wait_for_change(None)
+            return
+        left = self.budget.left_micros(money) or 0
+        reason = f"over budget: needs {format_usd(job.estimate_micros)}, {format_usd(max(0, left))} left"
+        self.store.mark_skipped(job.id, reason, self.clock())
+        self.budget_skips += 1
+        self._event("skipped", job.id, f"- skipped: {reason}")
+
+    def _past_deadline(self) -> bool:
+        deadline = self.settings.deadline
+        if deadline is None:
+            return False
+        expected = statistics.median(self.durations) if self.durations else self.model.typical_generation_s
+        if self.clock() + expected <= deadline:
+            return False
+        for job in self.store.jobs(["pending"]):
+            self.store.mark_skipped(job.id, "deadline: a job started now would not finish in time", self.clock())
+        self.stop.submits_closed = True  # not a stop of the run: what is in flight finishes
+        self._event("stop", None, "stopped submitting: the deadline is near")
+        return True
+
+    async def _post_v2(self, job: JobRow) -> None:
+        try:
+            submitted = await self.client.submit(job.payload)
+        except AnswerError as exc:
+            self.posting.discard(job.id)
+            await self._attempt_failed(job, exc.decision)
+            return
+        now = self.clock()
+        self.store.mark_submitted(job.id, submitted.request_id, submitted.status_url, submitted.response_url, now)
+        self.posting.discard(job.id)
+        self.watching[job.id] = self.store.job(job.id)
+        self._event("submitted", job.id, f"→ submitted: request {submitted.request_id}")
+        self._notify()
+
+    async def _post_v1(self, job: JobRow) -> None:
+        part = PartFile(self.run_dir.video(job.id))
+        billed: list[Completed] = []
+
+        def on_billed(completed: Completed) -> None:
+            now = self.clock()
+            self.store.mark_submitted(job.id, completed.request_id or "", None, None, now)
+            self.store.mark_completed(job.id, completed.cost_micros, None, now)
+            billed.append(completed)
+
+        try:
+            completed = await self.client.generate(job.payload, part, on_billed)
+        except AnswerError as exc:
+            part.discard()
+            self.posting.discard(job.id)
+            await self.slots.release()
+            if billed:
+                self._paid_but_unreadable(job, exc.decision.message)
+            else:
+                await self._attempt_failed(job, exc.decision, slot_held=False)
+            return
+        except BaseException:
+            part.discard()
+            self.posting.discard(job.id)
+            await self.slots.release()
+            raise
+        self.posting.discard(job.id)
+        await self.slots.release()
+        self._settled(job.id)
+        if completed.video_url:
+            part.discard()
+            self.store.set_video_url(job.id, completed.video_url, self.clock())
+            self._queue_download(job.id, 0)
+        else:
+            self.downloading.add(job.id)
+            try:
+                await self._finish_video(job.id, part)
+            finally:
+                self.downloading.discard(job.id)
+        self._notify()
+
+    def _paid_but_unreadable(self, job: JobRow, message: str) -> None:
+        reason = f"paid, but the video in the answer could not be read: {message}"
+        self.store.download_failed(job.id, reason, 0, True, self.clock())
+        self._event("failed", job.id, f"! failed: {reason}")
+        self._write_job_log(job.id)
+
+    async def _attempt_failed(self, job: JobRow, decision: Decision, *, slot_held: bool = True) -> None:
+        """End the open attempt as the decision says, and free its slot."""
+        now = self.clock()
+        money = "ambiguous" if decision.billed == "unknown" else "released"
+        current = self.store.job(job.id)
+        refund = decision.action in ("pause_submits", "stop_submits", "stop_run")
+        if decision.action == "pause_submits":
+            self.rate.pause(decision.pause_until or now)
+        if decision.action in ("stop_submits", "stop_run"):
+            kind = "credits" if decision.action == "stop_submits" else "provider"
+            self._stop(kind, f"stopped by the provider: {decision.message}")
+        if decision.action == "lost":
+            self.store.end_attempt(
+                job.id,
+                money="ambiguous",
+                outcome="lost",
+                next_state="lost",
+                status=decision.status,
+                message=f"the provider no longer knows request {current.request_id}: {decision.message}",
+                now=now,
+            )
+            self._event("lost", job.id, f"! lost: request {current.request_id}")
+        elif decision.action == "fail_job" or (not refund and current.attempts_used >= self.settings.max_attempts):
+            reason = (
+                decision.message
+                if decision.action == "fail_job"
+                else (f"gave up after {current.attempts_used} attempts: {decision.message}")
+            )
+            self.store.end_attempt(
+                job.id,
+                money=money,
+                outcome="failed",
+                next_state="failed",
+                status=decision.status,
+                message=reason,
+                now=now,
+            )
+            self._event("failed", job.id, f"! failed: {reason}")
+        else:
+            wait = (
+                0.0
+                if refund
+                else backoff_s(
+                    current.attempts_used,
+                    self.settings.backoff_base_s,
+                    self.settings.backoff_cap_s,
+                    self.random.random(),
+                )
+            )
+            not_before = max(now + wait, decision.pause_until or 0.0)
+            self.store.end_attempt(
+                job.id,
+                money=money,
+                outcome="retry",
+                next_state="pending",
+                status=decision.status,
+                message=decision.message,
+                backoff_s=wait,
+                not_before=not_before,
+                refund_attempt=refund,
+                now=now,
+            )
+            glyph = "?" if money == "ambiguous" else "↻"
+            self._event("retry", job.id, f"{glyph} retry in {not_before - now:.1f}s: {decision.message}")
+        if slot_held:
+            await self.slots.release()
+        self._write_job_log(job.id)
+        self._notify()
+
+    # --- polling (v2) -------------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        limit = asyncio.Semaphore(self.settings.poll_parallel)
+        while True:
+            if self.watching:
+                await asyncio.gather(*(self._poll_one(job, limit) for job in list(self.watching.values())))
+                jitter = 1 + self.random.uniform(-0.2, 0.2)
+                await asyncio.sleep(self.settings.poll_interval_s * jitter)
+            else:
+                await self._wait_for_change(None)
+
+    async def _poll_one(self, job: JobRow, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            try:
+                state = await self.client.status(job.status_url or "")
+                completed = await self.client.result(job.response_url or "") if state == "COMPLETED" else None
+            except AnswerError as exc:
+                await self._poll_failed(job, exc.decision)
+                return
+        if completed is None:
+            return
+        now = self.clock()
+        self.store.mark_completed(job.id, completed.cost_micros, completed.video_url, now)
+        if job.submitted_at is not None:
+            self.durations.append(now - job.submitted_at)
+        del self.watching[job.id]
+        await self.slots.release()
+        self._settled(job.id)
+        if completed.video_url is None:
+            self.store.download_failed(job.id, "the provider completed the job but named no video URL", 0, True, now)
+            self._event("failed", job.id, "! failed: completed without a video URL")
+            self._write_job_log(job.id)
+        else:
+            self._queue_download(job.id, 0)
+        self._notify()
+
+    async def _poll_failed(self, job: JobRow, decision: Decision) -> None:
+        """A poll that did not say COMPLETED: a FAILED generation or a forgotten request ends the attempt;
+        anything else (no answer, 5xx, 429, junk) leaves the request with the provider, asked again next round."""
+        if decision.action == "stop_run":
+            self._stop("provider", f"stopped by the provider: {decision.message}")
+        elif decision.action in ("lost", "fail_job") or decision.status == 422:
+            self.watching.pop(job.id, None)
+            await self._attempt_failed(job, decision)
+
+    # --- downloading --------------------------------------------------------------------------------------
+
+    def _queue_download(self, job_id: str, delay_s: float) -> None:
+        self.downloading.add(job_id)
+        if delay_s <= 0:
+            self._downloads.put_nowait(job_id)
+        else:
+            self._timers.append(asyncio.get_running_loop().call_later(delay_s, self._downloads.put_nowait, job_id))
+
+    async def _download_loop(self) -> None:
+        while True:
+            job_id = await self._downloads.get()
+            try:
+                await self._download(job_id)
+            finally:
+                self._notify()
+
+    async def _download(self, job_id: str) -> None:
+        job = self.store.job(job_id)
+        part = PartFile(self.run_dir.video(job_id))
+        try:
+            await self.client.download(job.video_url or "", part)
+        except AnswerError as exc:
+            part.discard()
+            self._download_failed(job, exc.decision.message, permanent=exc.decision.action == "fail_job")
+            return
+        except BaseException:
+            part.discard()
+            raise
+        try:
+            await self._finish_video(job_id, part)
+        except ProtocolError as exc:
+            self._download_failed(job, str(exc), permanent=False)
+
+    async def _finish_video(self, job_id: str, part: PartFile) -> None:
+        """Check, fsync and rename a received video, then mark the job done (invariant 3)."""
+        job = self.store.job(job_id)
+        try:
+            part.sync()
+            probe = await asyncio.to_thread(probe_video, part.part)
+        except BaseException:
+            part.discard()
+            raise
+        warnings = compare(probe, clip_spec(job.payload, self.model))
+        part.place()
+        path = str(part.final.relative_to(self.run_dir.root))
+        self.store.mark_done(job_id, path, part.sha256, probe, warnings, self.clock())
+        self.downloading.discard(job_id)
+        note = f" ({'; '.join(warnings)})" if warnings else ""
+        self._event("done", job_id, f"← done: {path}, {part.size:,} bytes{note}")
+        self._write_job_log(job_id)
+
+    def _download_failed(self, job: JobRow, message: str, *, permanent: bool) -> None:
+        failures = job.download_failures + 1
+        give_up = permanent or failures >= self.settings.max_attempts
+        wait = backoff_s(failures, self.settings.backoff_base_s, self.settings.backoff_cap_s, self.random.random())
+        self.store.download_failed(job.id, message, self.clock() + wait, give_up, self.clock())
+        if give_up:
+            self.downloading.discard(job.id)
+            self._event("failed", job.id, f"! failed: the paid clip could not be downloaded: {message}")
+            self._write_job_log(job.id)
+        else:
+            self._event("retry", job.id, f"↻ download again in {wait:.1f}s: {message}")
+            self._queue_download(job.id, wait)
+
+    # --- bookkeeping --------------------------------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return bool(self.posting or self.watching or self.downloading)
+
+    async def _drain(self) -> None:
+        """Wait for what is in flight: all of it normally; only the POSTs under way after a stop."""
+        while True:
+            parked = self.stop.kind in ("interrupt", "provider")
+            if not (self.posting if parked else self._busy()) or self.stop.hard:
+                return
+            await self._wait_for_change(None)
+
+    def _notify(self) -> None:
+        """Wake every task waiting for a change; later waiters wait for the next one."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_for_change(self, until: float | None) -> None:
+        """Sleep until the next change (or until ``until``, epoch seconds); callers check their condition first."""
+        changed = self._changed
+        timeout = None if until is None else max(0.0, until - self.clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], job_id: str) -> None:
+        task = asyncio.create_task(coroutine, name=f"post {job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._collect)
+
+    def _collect(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and self._failure is None:
+            self._failure = error
+            kind = "error"
+            if isinstance(error, OutputError):
+                kind = "output"
+            self._stop(
+                kind, f"stopped: {error}" if isinstance(error, BatchgenError) else f"stopped by a bug: {error!r}"
+            )
+            self.stop.hard = True
+
+    async def _cancel_posts(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _settled(self, job_id: str) -> None:
+        if not self.warned_budget and self.budget.past_warning(self.store.money()):
+            self.warned_budget = True
+            spent = format_usd(self.store.money().spent_micros)
+            self._event(
+                "warning", None, f"! 80 % of the budget is spent ({spent} of {format_usd(self.budget.cap_micros or 0)})"
+            )
+
+    def _write_job_log(self, job_id: str) -> None:
+        write_json(self.run_dir.logs / f"{job_id}.json", job_log(self.store.job(job_id), self.store.attempts(job_id)))
+
+    def _event(self, kind: str, job_id: str | None, message: str) -> None:
+        """One state change: a line of run.log (glyphs → ← ↻ ! ?), and the progress callback."""
+        self._log.line(job_id or "-", message)
+        self.on_event(Event(kind, job_id, message))

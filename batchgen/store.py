@@ -1,0 +1,564 @@
+"""The run's state file: SQLite in WAL mode, the only module that imports sqlite3.
+
+Every method that changes state is one transaction (``BEGIN IMMEDIATE``), written *before* the action it allows.
+A job's life::
+
+    pending ─(reserve + submitting: one transaction)─▶ submitting ─(request id stored)─▶ submitted
+    submitted ─(COMPLETED, money settled)─▶ downloading(url) ─(video renamed into place)─▶ done
+    an attempt that fails ─▶ pending again with not_before, or failed      budget/deadline ─▶ skipped
+    a request the provider forgot ─▶ lost
+
+Money: each attempt reserves the job's estimate and ends in exactly one of ``settled`` (billed), ``released`` (not
+billed) or ``ambiguous`` (possibly billed, counted as spent). The ``money`` row holds the running totals
+(``spent = settled + ambiguous``, ``reserved`` = open reservations) and is updated in the same transactions, so that
+it is always the sum over the attempts (a test checks it).
+
+Durability: ``synchronous=NORMAL`` in WAL mode: a commit survives the process being killed at any moment (the
+threat of an overnight run); only a power cut can lose the last transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchgen.canonical import canonical_json, content_hash
+from batchgen.errors import StateError
+from batchgen.jobs import Job
+
+STATES = ("pending", "submitting", "submitted", "downloading", "done", "failed", "lost", "skipped")
+IN_FLIGHT = ("submitting", "submitted", "downloading")
+
+
+@dataclass(frozen=True)
+class Money:
+    """The run's money in µUSD: spent (settled + possibly billed) and reserved (open attempts)."""
+
+    spent_micros: int
+    reserved_micros: int
+    settled_micros: int = 0
+    ambiguous_micros: int = 0
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as the state file knows it."""
+
+    id: str
+    idx: int
+    shot_id: str
+    take: int
+    variables: list[list[Any]]
+    model: str
+    payload: dict[str, Any]
+    payload_hash: str
+    estimate_micros: int
+    state: str
+    in_manifest: bool
+    attempts_used: int
+    download_failures: int
+    not_before: float
+    request_id: str | None
+    status_url: str | None
+    response_url: str | None
+    video_url: str | None
+    reason: str | None
+    possibly_billed_twice: bool
+    video_path: str | None
+    sha256: str | None
+    probe: dict[str, Any] | None
+    warnings: list[str]
+    submitted_at: float | None
+    completed_at: float | None
+    finished_at: float | None
+    open_attempt: int | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One attempt of a job and how its money ended."""
+
+    id: int
+    job_id: str
+    number: int
+    transport: str
+    started_at: float
+    ended_at: float | None
+    request_id: str | None
+    http_status: int | None
+    message: str | None
+    outcome: str | None
+    backoff_s: float | None
+    money: str
+    reserved_micros: int
+    settled_micros: int
+
+
+# --- migrations: append only -------------------------------------------------------------------------------
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def migration(function: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    """Register a schema migration; they run in order, each once, recorded in ``migrations``."""
+    MIGRATIONS.append(function)
+    return function
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run statements one by one: ``executescript`` would commit the migration's transaction half-way."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE money (id INTEGER PRIMARY KEY CHECK (id = 1), settled_micros INTEGER NOT NULL,
+                            ambiguous_micros INTEGER NOT NULL, reserved_micros INTEGER NOT NULL);
+        INSERT INTO money VALUES (1, 0, 0, 0);
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            idx INTEGER NOT NULL,
+            shot_id TEXT NOT NULL,
+            take INTEGER NOT NULL,
+            variables TEXT NOT NULL,
+            model TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            payload_hash TEXT NOT NULL,
+            estimate_micros INTEGER NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            in_manifest INTEGER NOT NULL DEFAULT 1,
+            attempts_used INTEGER NOT NULL DEFAULT 0,
+            download_failures INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0,
+            request_id TEXT, status_url TEXT, response_url TEXT, video_url TEXT,
+            reason TEXT,
+            possibly_billed_twice INTEGER NOT NULL DEFAULT 0,
+            video_path TEXT, sha256 TEXT, probe TEXT,
+            warnings TEXT NOT NULL DEFAULT '[]',
+            submitted_at REAL, completed_at REAL, finished_at REAL,
+            open_attempt INTEGER,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX jobs_by_state ON jobs (state, idx);
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            number INTEGER NOT NULL,
+            transport TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            request_id TEXT,
+            http_status INTEGER,
+            message TEXT,
+            outcome TEXT,
+            backoff_s REAL,
+            money TEXT NOT NULL CHECK (money IN ('reserved', 'settled', 'released', 'ambiguous')),
+            reserved_micros INTEGER NOT NULL,
+            settled_micros INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX attempts_by_job ON attempts (job_id, id);
+        """,
+    )
+
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """The state file of one run directory."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    # --- opening ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (or create) the state file at ``path`` and bring its schema up to date."""
+        if readonly and not path.exists():
+            raise StateError(f"no state file at {path}: nothing has run in this directory yet")
+        try:
+            if not readonly and not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private: prompts can be confidential
+            uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            if not readonly:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db, path)
+            store._migrate(readonly)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot use the state file {path}: {exc}") from None
+        return store
+
+    def _migrate(self, readonly: bool) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} was written by a newer batchgen (state schema {version}, this one knows "
+                f"{SCHEMA_VERSION}): upgrade batchgen to use it; the file was left as it is"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if readonly:
+            raise StateError(f"{self.path} has an older state schema: run `batchgen run` once to upgrade it")
+        with self.transaction():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            for function in MIGRATIONS[version:]:
+                function(self.db)
+                self.db.execute("INSERT INTO migrations VALUES (?, ?)", (function.__name__, time.time()))
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the file."""
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- meta ---------------------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """A value of the run's metadata (JSON), or ``default``."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, **values: Any) -> None:
+        """Set metadata values (JSON), in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(key, json.dumps(value)) for key, value in values.items()],
+            )
+
+    # --- the job list -------------------------------------------------------------------------------------
+
+    def sync_jobs(self, jobs: Sequence[Job], estimates: Sequence[int], now: float) -> int:
+        """Add jobs new to the manifest, mark the rest in or out of it, and put skipped jobs back in line.
+
+        Returns how many jobs were added. Jobs no longer in the manifest are kept, never deleted.
+        """
+        with self.transaction() as db:
+            known = {row[0] for row in db.execute("SELECT id FROM jobs")}
+            new = [(job, estimate) for job, estimate in zip(jobs, estimates, strict=True) if job.id not in known]
+            db.executemany(
+                "INSERT INTO jobs (id, idx, shot_id, take, variables, model, payload, payload_hash, estimate_micros,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job.id,
+                        job.index,
+                        job.shot_id,
+                        job.take,
+                        json.dumps(job.variables),
+                        job.model,
+                        canonical_json(job.payload),
+                        content_hash(job.payload),
+                        estimate,
+                        now,
+                    )
+                    for job, estimate in new
+                ],
+            )
+            db.execute("UPDATE jobs SET in_manifest = 0")
+            db.executemany(
+                "UPDATE jobs SET in_manifest = 1, idx = ?, estimate_micros = ? WHERE id = ?",
+                [(job.index, estimate, job.id) for job, estimate in zip(jobs, estimates, strict=True)],
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'pending', reason = NULL, not_before = 0, updated_at = ? "
+                "WHERE state = 'skipped' AND in_manifest = 1",
+                (now,),
+            )
+        return len(new)
+
+    def next_pending(self, now: float, after_idx: int = -1) -> JobRow | None:
+        """The first pending job of the manifest (after ``after_idx``) whose backoff is over."""
+        row = self.db.execute(
+            "SELECT * FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND not_before <= ? AND idx > ? "
+            "ORDER BY idx LIMIT 1",
+            (now, after_idx),
+        ).fetchone()
+        return _job(row) if row else None
+
+    def earliest_pending(self) -> float | None:
+        """When the next pending job's backoff ends (``None``: no pending job)."""
+        row = self.db.execute("SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def job(self, job_id: str) -> JobRow:
+        """One job by id."""
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StateError(f"no job {job_id} in {self.path}")
+        return _job(row)
+
+    def jobs(self, states: Sequence[str] | None = None) -> list[JobRow]:
+        """Every job (in ``states``), in manifest order."""
+        if states is None:
+            rows = self.db.execute("SELECT * FROM jobs ORDER BY in_manifest DESC, idx")
+        else:
+            marks = ",".join("?" * len(states))
+            rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY idx", tuple(states))
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs of the manifest are in each state."""
+        rows = self.db.execute("SELECT state, COUNT(*) FROM jobs WHERE in_manifest = 1 GROUP BY state")
+        return {state: 0 for state in STATES} | {row[0]: row[1] for row in rows}
+
+    def attempts(self, job_id: str) -> list[AttemptRow]:
+        """Every attempt of a job, oldest first."""
+        rows = self.db.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
+        return [AttemptRow(**dict(row)) for row in rows]
+
+    def all_attempts(self) -> list[AttemptRow]:
+        """Every attempt of the run, oldest first."""
+        return [AttemptRow(**dict(row)) for row in self.db.execute("SELECT * FROM attempts ORDER BY id")]
+
+    def money(self) -> Money:
+        """The running totals."""
+        return _money(self.db)
+
+    # --- transitions: each one transaction, before the action it allows ----------------------------------
+
+    def begin_attempt(
+        self, job_id: str, transport: str, estimate_micros: int, allow: Callable[[Money], bool], now: float
+    ) -> int | None:
+        """Reserve ``estimate_micros`` and mark the job ``submitting``, if ``allow(money)`` says so.
+
+        The check and the reservation are one transaction: no two attempts can both take the last dollars.
+        """
+        with self.transaction() as db:
+            if not allow(_money(db)):
+                return None
+            row = db.execute("SELECT attempts_used FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            cursor = db.execute(
+                "INSERT INTO attempts (job_id, number, transport, started_at, money, reserved_micros) "
+                "VALUES (?, ?, ?, ?, 'reserved', ?)",
+                (job_id, row[0] + 1, transport, now, estimate_micros),
+            )
+            attempt_id = int(cursor.lastrowid or 0)
+            db.execute("UPDATE money SET reserved_micros = reserved_micros + ?", (estimate_micros,))
+            db.execute(
+                "UPDATE jobs SET state = 'submitting', attempts_used = attempts_used + 1, open_attempt = ?, "
+                "reason = NULL, updated_at = ? WHERE id = ?",
+                (attempt_id, now, job_id),
+            )
+        return attempt_id
+
+    def mark_submitted(
+        self, job_id: str, request_id: str, status_url: str | None, response_url: str | None, now: float
+    ) -> None:
+        """The provider answered with a request id: it is stored at once, and the job is never POSTed again."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET request_id = ? WHERE id = (SELECT open_attempt FROM jobs WHERE id = ?)",
+                (request_id, job_id),
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'submitted', request_id = ?, status_url = ?, response_url = ?, "
+                "submitted_at = ?, updated_at = ? WHERE id = ?",
+                (request_id, status_url, response_url, now, now, job_id),
+            )
+
+    def mark_completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
+        """The generation completed: settle its money (the provider's figure, else the estimate), go download."""
+        with self.transaction() as db:
+            attempt = _open_attempt(db, job_id)
+            if attempt is not None:
+                cost = attempt["reserved_micros"] if cost_micros is None else cost_micros
+                _end_attempt(db, attempt, "settled", cost, outcome="ok", status=200, message=None, now=now)
+            db.execute(
+                "UPDATE jobs SET state = 'downloading', video_url = ?, completed_at = ?, open_attempt = NULL, "
+                "download_failures = 0, not_before = 0, updated_at = ? WHERE id = ?",
+                (video_url, now, now, job_id),
+            )
+
+    def end_attempt(
+        self,
+        job_id: str,
+        *,
+        money: str,
+        outcome: str,
+        next_state: str,
+        status: int | None = None,
+        message: str | None = None,
+        backoff_s: float | None = None,
+        not_before: float = 0.0,
+        refund_attempt: bool = False,
+        now: float,
+    ) -> None:
+        """An attempt ended without a video: its money ``released`` or ``ambiguous``; the job moves on.
+
+        Back to ``pending``, the job forgets the request (the next attempt is a new one) and is marked possibly
+        billed twice when this attempt may have been billed. ``refund_attempt``: the attempt does not count against
+        ``--max-attempts`` (a 429, a stop).
+        """
+        with self.transaction() as db:
+            attempt = _open_attempt(db, job_id)
+            if attempt is not None:
+                _end_attempt(
+                    db, attempt, money, 0, outcome=outcome, status=status, message=message, now=now, backoff_s=backoff_s
+                )
+            again = next_state == "pending"
+            db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, not_before = ?, open_attempt = NULL, updated_at = ?, "
+                "attempts_used = attempts_used - ?, possibly_billed_twice = possibly_billed_twice OR ? WHERE id = ?",
+                (
+                    next_state,
+                    None if again else message,
+                    not_before,
+                    now,
+                    int(refund_attempt),
+                    money == "ambiguous" and again,
+                    job_id,
+                ),
+            )
+            if again:
+                db.execute(
+                    "UPDATE jobs SET request_id = NULL, status_url = NULL, response_url = NULL WHERE id = ?", (job_id,)
+                )
+
+    def set_video_url(self, job_id: str, video_url: str, now: float) -> None:
+        """Where the paid video of a v1 answer can be downloaded."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET video_url = ?, updated_at = ? WHERE id = ?", (video_url, now, job_id))
+
+    def download_failed(self, job_id: str, message: str, not_before: float, give_up: bool, now: float) -> None:
+        """A download broke: the clip is paid, so only the download is retried (or the job fails)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET download_failures = download_failures + 1, not_before = ?, reason = ?, "
+                "state = CASE WHEN ? THEN 'failed' ELSE state END, updated_at = ? WHERE id = ?",
+                (not_before, message, give_up, now, job_id),
+            )
+
+    def mark_done(
+        self, job_id: str, video_path: str, sha256: str, probe: dict[str, Any], warnings: list[str], now: float
+    ) -> None:
+        """The video is checked, fsynced and renamed into place."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'done', video_path = ?, sha256 = ?, probe = ?, warnings = ?, reason = NULL, "
+                "finished_at = ?, updated_at = ? WHERE id = ?",
+                (video_path, sha256, json.dumps(probe), json.dumps(warnings), now, now, job_id),
+            )
+
+    def mark_skipped(self, job_id: str, reason: str, now: float) -> None:
+        """Budget or deadline said no to this job."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'skipped', reason = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
+                (reason, now, job_id),
+            )
+
+    def recover(self, now: float) -> list[str]:
+        """Read the state after a stop: every job caught in ``submitting`` is ambiguous (possibly billed).
+
+        Its attempt's money is kept as possibly billed and the job goes back to pending, marked as possibly
+        billed twice when it is submitted again. Returns those job ids. ``submitted`` and ``downloading`` jobs
+        need nothing: the runner re-attaches and re-downloads them.
+        """
+        stuck = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE state = 'submitting'")]
+        for job_id in stuck:
+            self.end_attempt(
+                job_id,
+                money="ambiguous",
+                outcome="ambiguous",
+                next_state="pending",
+                message="the run stopped before the provider's answer arrived: possibly billed",
+                now=now,
+            )
+        return stuck
+
+    def requeue(self, states: Sequence[str], now: float) -> list[str]:
+        """Put jobs in ``states`` back in line with fresh attempts (``batchgen retry``).
+
+        A failed job whose clip was paid (it has a video URL) goes back to downloading, never to a new submit.
+        """
+        with self.transaction() as db:
+            marks = ",".join("?" * len(states))
+            ids = [row[0] for row in db.execute(f"SELECT id FROM jobs WHERE state IN ({marks})", tuple(states))]
+            db.execute(
+                f"UPDATE jobs SET state = CASE WHEN video_url IS NOT NULL AND state = 'failed' THEN 'downloading' "
+                f"ELSE 'pending' END, attempts_used = 0, download_failures = 0, not_before = 0, reason = NULL, "
+                f"request_id = CASE WHEN video_url IS NOT NULL AND state = 'failed' THEN request_id ELSE NULL END, "
+                f"possibly_billed_twice = possibly_billed_twice OR state = 'lost', "
+                f"updated_at = ? WHERE state IN ({marks})",
+                (now, *states),
+            )
+        return ids
+
+
+def _money(db: sqlite3.Connection) -> Money:
+    row = db.execute("SELECT settled_micros, ambiguous_micros, reserved_micros FROM money").fetchone()
+    return Money(row[0] + row[1], row[2], row[0], row[1])
+
+
+def _open_attempt(db: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute(
+        "SELECT a.* FROM attempts a JOIN jobs j ON a.id = j.open_attempt WHERE j.id = ?", (job_id,)
+    ).fetchone()
+    return row
+
+
+def _end_attempt(
+    db: sqlite3.Connection,
+    attempt: sqlite3.Row,
+    money: str,
+    settled_micros: int,
+    *,
+    outcome: str,
+    status: int | None,
+    message: str | None,
+    now: float,
+    backoff_s: float | None = None,
+) -> None:
+    reserved = attempt["reserved_micros"]
+    kept = {"settled": settled_micros, "ambiguous": reserved, "released": 0}[money]
+    db.execute(
+        "UPDATE attempts SET money = ?, settled_micros = ?, outcome = ?, http_status = ?, message = ?, ended_at = ?, "
+        "backoff_s = ? WHERE id = ?",
+        (money, kept, outcome, status, message, now, backoff_s, attempt["id"]),
+    )
+    column = {"settled": "settled_micros", "ambiguous": "ambiguous_micros", "released": None}[money]
+    db.execute("UPDATE money SET reserved_micros = reserved_micros - ?", (reserved,))
+    if column:
+        db.execute(f"UPDATE money SET {column} = {column} + ?", (kept,))
+
+
+def _job(row: sqlite3.Row) -> JobRow:
+    data = dict(row)
+    data.pop("updated_at")
+    data["variables"] = json.loads(data["variables"])
+    data["payload"] = json.loads(data["payload"])
+    data["probe"] = json.loads(data["probe"]) if data["probe"] else None
+    data["warnings"] = json.loads(data["warnings"])
+    data["in_manifest"] = bool(data["in_manifest"])
+    data["possibly_billed_twice"] = bool(data["possibly_billed_twice"])
+    return JobRow(**data)

@@ -1,0 +1,129 @@
+"""Running batches in tests: in-process (a Runner on the test's loop) or the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from batchgen import expand, load_manifest
+from batchgen.client import Client
+from batchgen.launch import open_run
+from batchgen.pricing import micros
+from batchgen.runner import Event, Runner, RunResult, RunSettings
+from batchgen.simulator import DEFAULT_KEY, Simulator
+from batchgen.simulator.clips import SIZES
+from batchgen.store import Store
+from tests.conftest import ROOT
+
+
+async def run_in_process(
+    manifest_path: Path,
+    out: Path,
+    sim: Simulator,
+    *,
+    key: str = DEFAULT_KEY,
+    events: list[Event] | None = None,
+    **settings: object,
+) -> RunResult:
+    """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given."""
+    manifest = load_manifest(manifest_path)
+    jobs = expand(manifest)
+    options: dict[str, object] = {
+        "concurrency": manifest.concurrency,
+        "rpm": 10_000,
+        "poll_interval_s": 0.01,
+        "backoff_base_s": 0.0,
+        "budget_micros": None if manifest.budget_usd is None else micros(manifest.budget_usd),
+    }
+    options.update(settings)
+    run_settings = RunSettings(**options)  # type: ignore[arg-type]
+    with open_run(out, manifest, jobs, run_settings.budget_micros) as (run_dir, store):
+        async with Client(sim.base_url, key, manifest.model.slug) as client:
+            runner = Runner(store, run_dir, client, manifest.model, run_settings, on_event=(events or []).append)
+            return await runner.run()
+
+
+def read_state(out: Path) -> Store:
+    """The run's state, read-only."""
+    return Store.open(out / "state.db", readonly=True)
+
+
+@dataclass
+class Done:
+    """A finished CLI process."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def cli_env(sim: Simulator | None, key: str = DEFAULT_KEY) -> dict[str, str]:
+    """The environment of a CLI subprocess aimed at ``sim``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMIND_")}
+    if sim is not None:
+        env.update(SEGMIND_API_KEY=key, SEGMIND_BASE_URL=sim.base_url)
+    return env
+
+
+async def start_cli(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start ``python -m batchgen ARGS`` without blocking the loop (the simulator lives in it)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "batchgen",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def run_cli_async(*args: str, env: dict[str, str], timeout: float = 60) -> Done:
+    """Run the CLI to its end while this loop keeps serving."""
+    process = await start_cli(*args, env=env)
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    return Done(process.returncode or 0, out.decode(), err.decode())
+
+
+def probe_file(path: Path) -> tuple[float, int, int, bool]:
+    """(seconds, width, height, audio) of an MP4."""
+    with av.open(io.BytesIO(path.read_bytes())) as container:
+        video = container.streams.video[0]
+        assert video.duration is not None
+        return (
+            float(video.duration * video.time_base),
+            video.codec_context.width,
+            video.codec_context.height,
+            bool(container.streams.audio),
+        )
+
+
+def assert_all_done(out: Path, count: int) -> None:
+    """Every job done, with a valid video matching it, a complete log, and no .part left."""
+    store = read_state(out)
+    try:
+        jobs = store.jobs()
+        assert len(jobs) == count
+        assert {job.state for job in jobs} == {"done"}, [(j.id, j.state, j.reason) for j in jobs if j.state != "done"]
+        for job in jobs:
+            video = out / (job.video_path or "")
+            seconds, width, height, audio = probe_file(video)
+            assert seconds == float(job.payload.get("duration", "5"))
+            assert (width, height) == SIZES[job.payload.get("aspect_ratio", "16:9")]
+            assert audio == job.payload.get("generate_audio", True)
+            assert job.sha256 == hashlib.sha256(video.read_bytes()).hexdigest()
+            assert job.probe and job.probe["width"] == width
+            log = json.loads((out / "logs" / f"{job.id}.json").read_text())
+            assert log["state"] == "done" and log["sha256"] == job.sha256 and log["attempts"]
+        assert not list((out / "videos").glob("*.part"))
+    finally:
+        store.close()

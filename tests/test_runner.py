@@ -1,0 +1,208 @@
+"""The runner against the simulator over loopback: caps, money, retries, resume, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batchgen.errors import ExitCode
+from batchgen.runner import backoff_s
+from batchgen.simulator import Fault, FaultPlan, SimSettings, parse_script
+from tests.conftest import batch_manifest
+from tests.runs import assert_all_done, read_state, run_in_process
+
+
+@pytest.mark.parametrize("transport", ["v2", "v1"])
+async def test_happy_path_holds_the_concurrency_cap(make_sim, write_manifest, tmp_path: Path, transport: str) -> None:
+    sim = await make_sim(SimSettings(latency_s=0.15))
+    path = write_manifest(batch_manifest(9, extra="concurrency: 3\n"))
+    result = await run_in_process(path, tmp_path / "out", sim, transport=transport)
+    assert result.exit_code == ExitCode.OK
+    assert_all_done(tmp_path / "out", 9)
+    account = sim.account()
+    assert account.peak_in_progress == 3
+    assert len(account.charges) == 9 and not account.paid_twice()
+    assert result.money.spent_micros == account.spent_micros == 9 * 504_000
+    run_log = (tmp_path / "out" / "run.log").read_text()
+    assert run_log.count("→ submit (attempt 1)") == 9 and run_log.count("← done") == 9
+
+
+@pytest.mark.parametrize("mode", ["url", "base64"])
+async def test_v1_json_answers_are_handled(make_sim, write_manifest, tmp_path: Path, mode: str) -> None:
+    sim = await make_sim(SimSettings(v1_mode=mode))
+    path = write_manifest(batch_manifest(3))
+    result = await run_in_process(path, tmp_path / "out", sim, transport="v1")
+    assert result.exit_code == ExitCode.OK
+    assert_all_done(tmp_path / "out", 3)
+
+
+async def test_budget_holds_with_sixteen_in_flight(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(SimSettings(latency_s=0.2))
+    budget = 7 * 0.504 + 0.3  # seven jobs fit, the eighth does not
+    path = write_manifest(batch_manifest(20, extra=f"budget: {budget}\nconcurrency: 16\n"))
+    result = await run_in_process(path, tmp_path / "out", sim)
+    assert result.exit_code == ExitCode.BUDGET
+    assert sim.account().spent_micros <= round(budget * 1_000_000)
+    assert len(sim.account().charges) == 7
+    assert (result.counts["done"], result.counts["skipped"]) == (7, 13)
+    store = read_state(tmp_path / "out")
+    assert all("over budget" in (job.reason or "") for job in store.jobs(["skipped"]))
+    store.close()
+
+
+async def test_budget_counts_what_earlier_runs_spent(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    path = write_manifest(batch_manifest(4, extra="budget: 1.10\n"))
+    first = await run_in_process(path, tmp_path / "out", sim)
+    assert (first.exit_code, first.counts["done"]) == (ExitCode.BUDGET, 2)
+    second = await run_in_process(path, tmp_path / "out", sim)
+    assert (second.exit_code, second.counts["done"]) == (ExitCode.BUDGET, 2)
+    assert len(sim.account().charges) == 2
+    third = await run_in_process(path, tmp_path / "out", sim, budget_micros=2_100_000)
+    assert (third.exit_code, third.counts["done"]) == (ExitCode.OK, 4)
+    assert len(sim.account().charges) == 4
+
+
+async def test_a_429_pauses_every_submit_until_the_reset(make_sim, write_manifest, tmp_path: Path) -> None:
+    faults = FaultPlan(script=parse_script("submit:2=429"))
+    sim = await make_sim(SimSettings(fault_429_reset_s=0.4, latency_s=0.2), faults)
+    path = write_manifest(batch_manifest(5, extra="concurrency: 2\n"))
+    result = await run_in_process(path, tmp_path / "out", sim)
+    assert result.exit_code == ExitCode.OK
+    requests = sim.account().requests
+    limited = next(r for r in requests if r.status == 429)
+    after = [r.at for r in requests if r.at > limited.at]
+    assert after and min(after) >= limited.at + 0.4 - 0.01
+    assert len(sim.account().charges) == 5
+
+
+async def test_406_stops_submitting_and_resumes_after_a_top_up(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(SimSettings(credits_usd=1.2))
+    path = write_manifest(batch_manifest(5, extra="concurrency: 1\n"))
+    first = await run_in_process(path, tmp_path / "out", sim)
+    assert first.exit_code == ExitCode.PROVIDER
+    assert "Insufficient credits" in (first.stop_message or "")
+    assert (first.counts["done"], first.counts["pending"]) == (2, 3)
+    sim.add_credits(10)
+    second = await run_in_process(path, tmp_path / "out", sim)
+    assert second.exit_code == ExitCode.OK
+    assert len(sim.account().charges) == 5 and not sim.account().paid_twice()
+
+
+async def test_401_stops_at_once(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    path = write_manifest(batch_manifest(30, extra="concurrency: 8\n"))
+    result = await run_in_process(path, tmp_path / "out", sim, key="wrong-key")
+    assert result.exit_code == ExitCode.PROVIDER
+    assert "Invalid API key" in (result.stop_message or "")
+    assert sum(sim.hits.values()) <= 2  # the balance check, and nothing more
+    assert result.counts["pending"] == 30
+
+
+async def test_401_on_submit_when_the_balance_check_is_off(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    path = write_manifest(batch_manifest(30, extra="concurrency: 8\n"))
+    result = await run_in_process(path, tmp_path / "out", sim, key="wrong-key", check_credits=False)
+    assert result.exit_code == ExitCode.PROVIDER
+    assert sum(sim.hits.values()) <= 8
+    assert result.money.spent_micros == 0 and result.money.reserved_micros == 0
+
+
+async def test_broken_downloads_are_retried_without_a_new_charge(make_sim, write_manifest, tmp_path: Path) -> None:
+    faults = FaultPlan(script=parse_script("download:1=drop@0.5,download:2=short@0.3,download:3=drop@0.9"))
+    sim = await make_sim(faults=faults)
+    path = write_manifest(batch_manifest(3))
+    result = await run_in_process(path, tmp_path / "out", sim)
+    assert result.exit_code == ExitCode.OK
+    assert_all_done(tmp_path / "out", 3)
+    assert len(sim.account().charges) == 3
+    assert sim.hits["/files/{request_id}.mp4"] == 6
+
+
+async def test_failed_generations_and_5xx_are_retried_and_not_billed(make_sim, write_manifest, tmp_path: Path) -> None:
+    faults = FaultPlan(script=parse_script("submit:1=fail,submit:2=502,submit:3=500,submit:4=fail"))
+    sim = await make_sim(faults=faults)
+    path = write_manifest(batch_manifest(2, extra="concurrency: 1\n"))
+    result = await run_in_process(path, tmp_path / "out", sim)
+    assert result.exit_code == ExitCode.OK
+    assert len(sim.account().charges) == 2
+    assert result.money.spent_micros == 2 * 504_000
+    store = read_state(tmp_path / "out")
+    outcomes = [[a.outcome for a in store.attempts(job.id)] for job in store.jobs()]
+    store.close()
+    assert sum(map(len, outcomes)) == 6  # four failed attempts, shared by the two jobs as scheduling falls
+    assert all(attempts[-1] == "ok" and set(attempts[:-1]) <= {"retry"} for attempts in outcomes)
+
+
+async def test_attempts_run_out(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(faults=FaultPlan(rates={"rate_502": 1.0}))
+    path = write_manifest(batch_manifest(1))
+    result = await run_in_process(path, tmp_path / "out", sim, max_attempts=3)
+    assert result.exit_code == ExitCode.JOBS_FAILED
+    store = read_state(tmp_path / "out")
+    (job,) = store.jobs()
+    assert job.state == "failed" and job.reason == "gave up after 3 attempts: Bad gateway"
+    assert [a.money for a in store.attempts(job.id)] == ["released"] * 3
+    log = json.loads((tmp_path / "out" / "logs" / f"{job.id}.json").read_text())
+    assert [a["http_status"] for a in log["attempts"]] == [502, 502, 502]
+    store.close()
+
+
+async def test_bad_request_fails_the_job_for_good(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(faults=FaultPlan(script=parse_script("submit:1=400")))
+    path = write_manifest(batch_manifest(2, extra="concurrency: 1\n"))
+    result = await run_in_process(path, tmp_path / "out", sim)
+    assert (result.exit_code, result.counts["failed"], result.counts["done"]) == (ExitCode.JOBS_FAILED, 1, 1)
+
+
+async def test_an_expired_request_becomes_lost(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(SimSettings(latency_s=5, ttl_s=0.05))
+    path = write_manifest(batch_manifest(2))
+    result = await run_in_process(path, tmp_path / "out", sim, poll_interval_s=0.1)
+    assert (result.exit_code, result.counts["lost"]) == (ExitCode.JOBS_FAILED, 2)
+    store = read_state(tmp_path / "out")
+    for job in store.jobs():
+        assert job.request_id and job.request_id in (job.reason or "")
+    assert store.money().ambiguous_micros == 2 * 504_000  # accepted requests: possibly billed
+    store.close()
+
+
+async def test_dropped_submit_is_possibly_billed_twice(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(faults=FaultPlan(script={("submit", 1): Fault("drop")}))
+    path = write_manifest(batch_manifest(1))
+    result = await run_in_process(path, tmp_path / "out", sim)
+    assert result.exit_code == ExitCode.OK
+    store = read_state(tmp_path / "out")
+    (job,) = store.jobs()
+    assert job.possibly_billed_twice
+    assert [a.money for a in store.attempts(job.id)] == ["ambiguous", "settled"]
+    assert store.money().spent_micros == 2 * 504_000 == sim.account().spent_micros
+    store.close()
+
+
+async def test_reconcile_adds_new_jobs_and_keeps_removed_ones(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    await run_in_process(write_manifest(batch_manifest(3)), tmp_path / "out", sim)
+    edited = batch_manifest(3).replace("[0, 1, 2]", "[1, 2, 3, 4]")
+    result = await run_in_process(write_manifest(edited), tmp_path / "out", sim)
+    assert result.exit_code == ExitCode.OK
+    assert len(sim.account().charges) == 5  # only jobs 3 and 4 were new
+    store = read_state(tmp_path / "out")
+    gone = [job for job in store.jobs() if not job.in_manifest]
+    assert len(gone) == 1 and gone[0].state == "done" and "clip-0-" in gone[0].id
+    store.close()
+
+
+async def test_deadline_in_the_past_skips_everything(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    result = await run_in_process(write_manifest(batch_manifest(2)), tmp_path / "out", sim, deadline=1.0)
+    assert (result.exit_code, result.counts["skipped"]) == (ExitCode.BUDGET, 2)
+    assert sum(sim.hits.values()) <= 1
+
+
+def test_backoff_is_full_jitter_and_capped() -> None:
+    assert [backoff_s(n, 2.0, 300.0, 1.0) for n in (1, 2, 3, 9, 20)] == [2.0, 4.0, 8.0, 300.0, 300.0]
+    assert backoff_s(3, 2.0, 300.0, 0.5) == 4.0
+    assert backoff_s(3, 0.0, 300.0, 0.9) == 0.0
