@@ -1,0 +1,166 @@
+"""`batchgen run`, `status` and `retry` as processes: exit codes, signals, SIGKILL and resume, the lock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+from batchgen.simulator import SimSettings
+from tests.conftest import MANIFESTS, batch_manifest
+from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, start_cli
+
+
+async def _wait_for_lines(path: Path, text: str, count: int, timeout: float = 30) -> None:
+    async def seen() -> int:
+        return path.read_text().count(text) if path.exists() else 0
+
+    async with asyncio.timeout(timeout):
+        while await seen() < count:
+            await asyncio.sleep(0.02)
+
+
+def _accepted_posts(sim) -> Counter[str]:
+    return Counter(seen.payload_hash for seen in sim.account().requests if seen.status == 200)
+
+
+async def test_run_v2_then_status_and_a_rerun_that_pays_nothing(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(SimSettings(latency_s=0.05))
+    path, out = write_manifest(batch_manifest(4)), tmp_path / "out"
+    env = cli_env(sim)
+    done = await run_cli_async(
+        "run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.02", "--no-progress", env=env
+    )
+    assert done.code == 0, done.stderr
+    assert f"{out}: 4 done; spent $2.016" in done.stdout
+    assert_all_done(out, 4)
+    status = await run_cli_async("status", "--out", str(out), "--json", env=env)
+    data = json.loads(status.stdout)
+    assert data["counts"]["done"] == 4 and data["money"]["spent_usd"] == 2.016 and data["in_flight"] == []
+    again = await run_cli_async("run", str(path), "--out", str(out), "--no-progress", env=env)
+    assert again.code == 0 and len(sim.account().charges) == 4
+
+
+async def test_v1_transport_through_the_cli(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    path, out = write_manifest(batch_manifest(3)), tmp_path / "out"
+    done = await run_cli_async(
+        "run", str(path), "--out", str(out), "--transport", "v1", "--rpm", "1000", "--no-progress", env=cli_env(sim)
+    )
+    assert done.code == 0, done.stderr
+    assert_all_done(out, 3)
+
+
+async def test_sigkill_mid_batch_then_resume_pays_no_finished_job_twice(make_sim, write_manifest, tmp_path) -> None:
+    sim = await make_sim(SimSettings(latency_s=0.3))
+    path, out = write_manifest(batch_manifest(16, extra="concurrency: 4\n")), tmp_path / "out"
+    args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--no-progress")
+    process = await start_cli(*args, env=cli_env(sim))
+    await _wait_for_lines(out / "run.log", "← done", 3)
+    process.kill()
+    await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done = await run_cli_async(*args, env=cli_env(sim))
+    assert done.code == 0, done.stderr
+    assert_all_done(out, 16)
+    store = read_state(out)
+    twice_allowed = {job.payload_hash for job in store.jobs() if job.possibly_billed_twice}
+    request_ids = {a.request_id for a in store.all_attempts() if a.request_id}
+    store.close()
+    assert set(sim.account().paid_twice()) <= twice_allowed
+    for digest, posts in _accepted_posts(sim).items():
+        assert posts == 1 or digest in twice_allowed
+    for charge in sim.account().charges:  # every charge is known to the state, or its job says "possibly twice"
+        assert charge.request_id in request_ids or charge.payload_hash in twice_allowed
+
+
+async def test_sigint_parks_what_is_in_flight_and_exits_130(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(SimSettings(latency_s=0.5))
+    path, out = write_manifest(batch_manifest(12, extra="concurrency: 4\n")), tmp_path / "out"
+    args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--no-progress")
+    process = await start_cli(*args, env=cli_env(sim))
+    await _wait_for_lines(out / "run.log", "→ submitted", 4)
+    process.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 130, err.decode()
+    assert "run the same command again to resume" in err.decode()
+    store = read_state(out)
+    assert store.counts()["submitting"] == 0
+    assert not any(job.possibly_billed_twice for job in store.jobs())
+    store.close()
+    done = await run_cli_async(*args, env=cli_env(sim))
+    assert done.code == 0, done.stderr
+    assert_all_done(out, 12)
+    assert not sim.account().paid_twice()
+    assert all(posts == 1 for posts in _accepted_posts(sim).values())
+
+
+async def test_a_second_run_on_the_same_directory_names_the_first_ones_pid(make_sim, write_manifest, tmp_path) -> None:
+    sim = await make_sim(SimSettings(latency_s=2))
+    path, out = write_manifest(batch_manifest(2)), tmp_path / "out"
+    args = ("run", str(path), "--out", str(out), "--poll-interval-s", "0.05", "--no-progress")
+    first = await start_cli(*args, env=cli_env(sim))
+    try:
+        await _wait_for_lines(out / "run.log", "→ submitted", 2)
+        second = await run_cli_async(*args, env=cli_env(sim))
+        assert second.code == 2
+        assert f"RunLockedError: another batchgen run (pid {first.pid}) is using {out}" in second.stderr
+        status = await run_cli_async("status", "--out", str(out), env=cli_env(sim))
+        assert status.code == 0 and "2 submitted" in status.stdout and "request" in status.stdout
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await first.wait()
+    assert first.returncode == 130
+
+
+async def test_no_key_and_no_simulate_is_a_usage_error(tmp_path: Path) -> None:
+    done = await run_cli_async("run", str(MANIFESTS / "demo.yaml"), "--out", str(tmp_path / "o"), env=cli_env(None))
+    assert done.code == 2
+    assert "no API key: set SEGMIND_API_KEY" in done.stderr and "--simulate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_plain_http_to_another_machine_is_refused(tmp_path: Path) -> None:
+    env = {**cli_env(None), "SEGMIND_API_KEY": "k"}
+    done = await run_cli_async(
+        "run", str(MANIFESTS / "demo.yaml"), "--out", str(tmp_path / "o"), "--base-url", "http://203.0.113.7", env=env
+    )
+    assert done.code == 2 and "--allow-insecure-http" in done.stderr
+
+
+async def test_lost_jobs_come_back_only_through_retry_lost(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim(SimSettings(latency_s=1, ttl_s=0.05))
+    path, out = write_manifest(batch_manifest(1)), tmp_path / "out"
+    args = ("run", str(path), "--out", str(out), "--poll-interval-s", "0.1", "--no-progress")
+    first = await run_cli_async(*args, env=cli_env(sim))
+    assert first.code == 1, first.stderr
+    status = await run_cli_async("status", "--out", str(out), env=cli_env(sim))
+    assert "lost" in status.stdout and "no longer knows request" in status.stdout
+    again = await run_cli_async(*args, env=cli_env(sim))
+    assert again.code == 1 and sum(1 for r in sim.account().requests) == 1  # not paid again
+    retry = await run_cli_async("retry", "--out", str(out), "--lost", env=cli_env(sim))
+    assert retry.code == 0 and "1 job back in line (lost)" in retry.stdout
+    sim.settings = SimSettings(latency_s=0, ttl_s=3600)
+    third = await run_cli_async(*args, env=cli_env(sim))
+    assert third.code == 0, third.stderr
+    store = read_state(out)
+    assert store.jobs()[0].possibly_billed_twice
+    store.close()
+
+
+async def test_demo_with_simulate(tmp_path: Path) -> None:
+    done = await run_cli_async(
+        "run",
+        str(MANIFESTS / "demo.yaml"),
+        "--simulate",
+        "--sim-latency-s",
+        "0",
+        "--out",
+        str(tmp_path / "demo"),
+        "--no-progress",
+        env=cli_env(None),
+    )
+    assert done.code == 0, done.stderr
+    assert_all_done(tmp_path / "demo", 6)
