@@ -310,6 +310,12 @@ def _add_run(commands: Any) -> None:
         help="stop submitting when a job would end after TIME (HH:MM, the next such time, or an ISO date-time)",
     )
     command.add_argument("--poll-interval-s", type=float, metavar="S", help="v2 poll interval (default 5)")
+    command.add_argument(
+        "--backoff-base-s",
+        type=float,
+        metavar="S",
+        help="first retry's backoff ceiling (default 2; doubles each attempt, full jitter, at most 300)",
+    )
     command.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no key, no cost)")
     command.add_argument("--sim-latency-s", type=float, default=2.0, metavar="S", help="simulated generation time")
     command.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -357,7 +363,7 @@ def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
         transport=args.transport or manifest.transport or "v2",
         max_attempts=args.max_attempts or manifest.max_attempts or 5,
         poll_interval_s=poll,
-        backoff_base_s=0.5 if args.simulate else 2.0,
+        backoff_base_s=args.backoff_base_s if args.backoff_base_s is not None else 0.5 if args.simulate else 2.0,
         deadline=_parse_deadline(args.deadline) if args.deadline else None,
     )
 

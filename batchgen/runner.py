@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import time
@@ -243,6 +244,7 @@ class Runner:
             self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
             self._write_job_log(job_id)
         self.run_dir.remove_stale_parts()
+        self._refresh_logs()
         for job in self.store.jobs(["submitted"]):
             self.watching[job.id] = job
             self.slots.take()
@@ -251,9 +253,17 @@ class Runner:
             if job.video_url:
                 self._queue_download(job.id, 0)
             else:
-                message = f"paid (request {job.request_id}) but the v1 answer was lost before it was saved"
-                self.store.download_failed(job.id, message, 0, True, now)
-                self._event("failed", job.id, message)
+                message = f"paid (request {job.request_id}), but the run stopped before the v1 answer was saved"
+                self.store.mark_lost(job.id, message, now)
+                self._event("lost", job.id, f"! lost: {message}")
+                self._write_job_log(job.id)
+
+    def _refresh_logs(self) -> None:
+        """Rewrite the logs a stop left older than their job (killed between a change and its log)."""
+        written = {entry.name: entry.stat().st_mtime for entry in os.scandir(self.run_dir.logs)}
+        for job in self.store.jobs(["done", "failed", "lost"]):
+            if written.get(f"{job.id}.json", 0.0) < job.updated_at:
+                self._write_job_log(job.id)
 
     async def _check_credits(self) -> None:
         todo = sum(job.estimate_micros for job in self.store.jobs(["pending"]) if job.in_manifest)
@@ -404,9 +414,10 @@ class Runner:
         self._notify()
 
     def _paid_but_unreadable(self, job: JobRow, message: str) -> None:
-        reason = f"paid, but the video in the answer could not be read: {message}"
-        self.store.download_failed(job.id, reason, 0, True, self.clock())
-        self._event("failed", job.id, f"! failed: {reason}")
+        """A v1 answer billed but broken mid-body: no URL to fetch it again, so the clip is lost."""
+        reason = f"paid (request {self.store.job(job.id).request_id}), but the video in the answer broke: {message}"
+        self.store.mark_lost(job.id, reason, self.clock())
+        self._event("lost", job.id, f"! lost: {reason}")
         self._write_job_log(job.id)
 
     async def _attempt_failed(self, job: JobRow, decision: Decision, *, slot_held: bool = True) -> None:

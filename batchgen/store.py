@@ -79,6 +79,7 @@ class JobRow:
     completed_at: float | None
     finished_at: float | None
     open_attempt: int | None
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -458,6 +459,16 @@ class Store:
                 (not_before, message, give_up, now, job_id),
             )
 
+    def mark_lost(self, job_id: str, reason: str, now: float) -> None:
+        """A paid clip that cannot be fetched any more: only ``batchgen retry --lost`` pays for it again."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET outcome = 'lost', message = ? WHERE id = "
+                "(SELECT MAX(id) FROM attempts WHERE job_id = ?)",
+                (reason, job_id),
+            )
+            db.execute("UPDATE jobs SET state = 'lost', reason = ?, updated_at = ? WHERE id = ?", (reason, now, job_id))
+
     def mark_done(
         self, job_id: str, video_path: str, sha256: str, probe: dict[str, Any], warnings: list[str], now: float
     ) -> None:
@@ -554,7 +565,6 @@ def _end_attempt(
 
 def _job(row: sqlite3.Row) -> JobRow:
     data = dict(row)
-    data.pop("updated_at")
     data["variables"] = json.loads(data["variables"])
     data["payload"] = json.loads(data["payload"])
     data["probe"] = json.loads(data["probe"]) if data["probe"] else None

@@ -55,7 +55,8 @@ class FaultPlan:
     """Fault rates, a seed, and an optional script ``{(route, n): Fault}`` (n counts from 1).
 
     ``rates`` name a rate (0-1) per kind (see ``KINDS``); ``total_rate``, when set instead, is the chance that a
-    request suffers some fault, shared evenly among the kinds its route can suffer.
+    request suffers some fault, shared evenly among the kinds its route can suffer (a kind given the rate 0 in
+    ``rates`` is left out).
     """
 
     rates: dict[str, float] = field(default_factory=dict)
@@ -63,6 +64,7 @@ class FaultPlan:
     seed: int = 0
     script: dict[tuple[str, int], Fault] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    injected: Counter[str] = field(default_factory=Counter)  # faults handed out, by kind name
 
     def __post_init__(self) -> None:
         unknown = set(self.rates) - set(KINDS)
@@ -77,24 +79,25 @@ class FaultPlan:
         self.counts[route] += 1
         number = self.counts[route]
         if (route, number) in self.script:
-            return self.script[(route, number)]
-        choices = self._rates_of(route)
-        if not any(rate for rate, _ in choices):
-            return None
+            fault = self.script[(route, number)]
+            self.injected[f"scripted {fault.kind}"] += 1
+            return fault
         draw = random.Random(f"{self.seed}:{route}:{number}").random()
-        for rate, fault in choices:
+        for rate, name, fault in self._rates_of(route):
             if draw < rate:
+                self.injected[name] += 1
                 return fault
             draw -= rate
         return None
 
-    def _rates_of(self, route: str) -> list[tuple[float, Fault]]:
+    def _rates_of(self, route: str) -> list[tuple[float, str, Fault]]:
         faults = ROUTE_FAULTS[route]
-        if self.total_rate is not None:
-            return [(self.total_rate / len(faults), fault) for fault in faults.values()]
-        choices = [(self.rates.get(name, 0.0), fault) for name, fault in faults.items()]
-        total = sum(rate for rate, _ in choices)
-        return [(rate / total, fault) for rate, fault in choices] if total > 1 else choices
+        if self.total_rate is not None:  # shared evenly, less the kinds given a rate of 0
+            kinds = [(name, fault) for name, fault in faults.items() if self.rates.get(name) != 0]
+            return [(self.total_rate / len(kinds), name, fault) for name, fault in kinds]
+        choices = [(self.rates.get(name, 0.0), name, fault) for name, fault in faults.items()]
+        total = sum(rate for rate, _, _ in choices)
+        return [(rate / total, name, fault) for rate, name, fault in choices] if total > 1 else choices
 
 
 _SCRIPT_ITEM = re.compile(
