@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(exc)
         return int(exc.exit_code)
     except BatchgenError as exc:
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error as well")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_validate(commands)
     _add_plan(commands)

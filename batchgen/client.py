@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -116,7 +116,10 @@ class Client:
         async with self._exchange(
             "submit", "POST", f"{self.base_url}/v2/{self.model}", self.timeouts.submit_s, json=payload
         ) as response:
-            data = await _json_of(response, "submit")
+            try:
+                data = await _json_of(response, "submit")
+            except AnswerError as exc:  # a 200 we cannot read may still have started (and billed) a generation
+                raise AnswerError(replace(exc.decision, billed="unknown", status=200)) from None
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise AnswerError(Decision("retry", "unknown", f"the submit answer has no request_id: {_show(data)}", 200))

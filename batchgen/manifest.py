@@ -198,10 +198,12 @@ def _build(doc: Document, model: Model, *, leave_out: set[str]) -> Manifest:
         own = {k: v for k, v in raw.items() if k in fields}
         takes = raw.get("takes", 1)
         shots.append(Shot(index, str(raw.get("id", "")), own, matrix, takes if isinstance(takes, int) else 1))
-    pricing = data.get("pricing") or {}
-    price = PriceRow(**{k: float(pricing.get(k, getattr(model.price, k))) for k in ("silent", "audio", "voice")})
-    api = data.get("api") or {}
-    defaults = data.get("defaults") or {}
+    pricing = data["pricing"] if isinstance(data.get("pricing"), dict) else {}
+    price = PriceRow(
+        **{k: float(_number(pricing.get(k), getattr(model.price, k))) for k in ("silent", "audio", "voice")}
+    )
+    api = data["api"] if isinstance(data.get("api"), dict) else {}
+    defaults = data["defaults"] if isinstance(data.get("defaults"), dict) else {}
     return Manifest(
         file=doc.file,
         name=str(data.get("name", "")),
@@ -209,13 +211,18 @@ def _build(doc: Document, model: Model, *, leave_out: set[str]) -> Manifest:
         defaults={k: v for k, v in defaults.items() if k in fields and k not in leave_out},
         shots=tuple(shots),
         price=price,
-        budget_usd=float(data["budget"]) if "budget" in data else None,
-        concurrency=int(data.get("concurrency", DEFAULT_CONCURRENCY)),
-        rpm=int(data.get("rpm", DEFAULT_RPM)),
-        max_attempts=data.get("max_attempts"),
+        budget_usd=_number(data.get("budget"), None),
+        concurrency=int(_number(data.get("concurrency"), DEFAULT_CONCURRENCY)),
+        rpm=int(_number(data.get("rpm"), DEFAULT_RPM)),
+        max_attempts=None if data.get("max_attempts") is None else int(_number(data["max_attempts"], 5)),
         base_url=api.get("base_url"),
         transport=api.get("transport"),
     )
+
+
+def _number(value: Any, default: Any) -> Any:
+    """``value`` when it is a number (a wrong one is reported by the schema), else ``default``."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
 # --- the rules a schema cannot state ------------------------------------------------------------------------

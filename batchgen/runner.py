@@ -192,6 +192,8 @@ class Runner:
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
             if self.settings.transport == "v2":
                 workers.append(asyncio.create_task(self._poll_loop()))
+            for worker in workers:
+                worker.add_done_callback(self._collect)  # a worker that dies stops the run, loudly
             try:
                 await self._submitting()
                 await self._drain()
@@ -386,8 +388,7 @@ class Runner:
             completed = await self.client.generate(job.payload, part, on_billed)
         except AnswerError as exc:
             part.discard()
-            self.posting.discard(job.id)
-            await self.slots.release()
+            await self._v1_answered(job)
             if billed:
                 self._paid_but_unreadable(job, exc.decision.message)
             else:
@@ -395,22 +396,28 @@ class Runner:
             return
         except BaseException:
             part.discard()
-            self.posting.discard(job.id)
-            await self.slots.release()
+            await self._v1_answered(job)
             raise
-        self.posting.discard(job.id)
-        await self.slots.release()
+        await self._v1_answered(job)
         self._settled(job.id)
         if completed.video_url:
             part.discard()
             self.store.set_video_url(job.id, completed.video_url, self.clock())
             self._queue_download(job.id, 0)
-        else:
-            self.downloading.add(job.id)
-            try:
-                await self._finish_video(job.id, part)
-            finally:
-                self.downloading.discard(job.id)
+            return
+        self.downloading.add(job.id)
+        try:
+            await self._finish_video(job.id, part)
+        except ProtocolError as exc:
+            self._paid_but_unreadable(job, str(exc))
+        finally:
+            self.downloading.discard(job.id)
+            self._notify()
+
+    async def _v1_answered(self, job: JobRow) -> None:
+        """The v1 POST is over (answered or not): its slot is free."""
+        self.posting.discard(job.id)
+        await self.slots.release()
         self._notify()
 
     def _paid_but_unreadable(self, job: JobRow, message: str) -> None:
@@ -419,6 +426,7 @@ class Runner:
         self.store.mark_lost(job.id, reason, self.clock())
         self._event("lost", job.id, f"! lost: {reason}")
         self._write_job_log(job.id)
+        self._notify()
 
     async def _attempt_failed(self, job: JobRow, decision: Decision, *, slot_held: bool = True) -> None:
         """End the open attempt as the decision says, and free its slot."""

@@ -1,0 +1,205 @@
+"""Hostile or broken provider answers: each ends as a clear failed attempt or a clear stop, and nothing that is
+not a video is ever saved as one."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from batchgen import expand, load_manifest
+from batchgen.client import Client
+from batchgen.errors import ExitCode
+from batchgen.launch import open_run
+from batchgen.runner import Runner, RunResult, RunSettings
+from batchgen.simulator.clips import make_clip
+from tests.conftest import batch_manifest
+from tests.runs import read_state
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLIP = make_clip(3, "16:9", False)
+
+
+class Hostile:
+    """A server that answers the v2 protocol with whatever a test wants at each step."""
+
+    def __init__(self, *, submit: Handler | None = None, result: Handler | None = None, video: Handler | None = None):
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post("/v2/{model}", submit or self.submit),
+                web.post("/v1/{model}", submit or self.submit),
+                web.get("/v2/requests/{rid}/status", self.status),
+                web.get("/v2/requests/{rid}", result or self.result),
+                web.get("/files/{name}", video or self.video),
+                web.get("/v1/get-user-credits", self.credits),
+            ]
+        )
+        self.base_url = ""
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(self.app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def submit(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"request_id": "r1", "status": "QUEUED"})
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "COMPLETED"})
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "COMPLETED", "output": f"{self.base_url}/files/v.mp4", "metrics": {}})
+
+    async def video(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=CLIP, content_type="video/mp4")
+
+    async def credits(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"credits": 100.0})
+
+
+@pytest.fixture
+async def hostile():
+    servers: list[Hostile] = []
+
+    async def make(**handlers: Handler) -> Hostile:
+        server = Hostile(**handlers)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        assert server.runner is not None
+        await server.runner.cleanup()
+
+
+async def _run(server: Hostile, tmp_path: Path, write_manifest, **settings: object) -> RunResult:
+    manifest = load_manifest(write_manifest(batch_manifest(1)))
+    options = {"poll_interval_s": 0.01, "backoff_base_s": 0.0, "max_attempts": 2, "rpm": 1000, **settings}
+    with open_run(tmp_path / "out", manifest, expand(manifest), None) as (run_dir, store):
+        max_bytes = int(options.pop("max_video_bytes", 2 << 30))  # type: ignore[call-overload]
+        async with Client(server.base_url, "k", manifest.model.slug, max_video_bytes=max_bytes) as client:
+            return await Runner(store, run_dir, client, manifest.model, RunSettings(**options)).run()  # type: ignore[arg-type]
+
+
+def _job(tmp_path: Path):
+    store = read_state(tmp_path / "out")
+    (job,) = store.jobs()
+    attempts = store.attempts(job.id)
+    store.close()
+    assert not list((tmp_path / "out" / "videos").glob("*.mp4")) or job.state == "done"
+    assert not list((tmp_path / "out" / "videos").glob("*.part"))
+    return job, attempts
+
+
+def _answer(body: bytes | str, content_type: str, status: int = 200, **headers: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        data = body.encode() if isinstance(body, str) else body
+        return web.Response(body=data, status=status, content_type=content_type, headers=headers)
+
+    return handler
+
+
+async def test_html_instead_of_json_on_submit_is_possibly_billed(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile(submit=_answer("<html>Welcome</html>", "text/html"))
+    result = await _run(server, tmp_path, write_manifest)
+    job, attempts = _job(tmp_path)
+    assert (result.exit_code, job.state) == (ExitCode.JOBS_FAILED, "failed")
+    assert "not JSON" in (job.reason or "") and "Welcome" in (job.reason or "")
+    assert [a.money for a in attempts] == ["ambiguous", "ambiguous"]
+
+
+async def test_json_without_the_fields(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile(submit=_answer('{"status": "QUEUED"}', "application/json"))
+    await _run(server, tmp_path, write_manifest)
+    job, _ = _job(tmp_path)
+    assert job.state == "failed" and "no request_id" in (job.reason or "")
+
+
+async def test_completed_without_a_video_url(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile(result=_answer('{"status": "COMPLETED", "output": "ftp://x/v.mp4"}', "application/json"))
+    result = await _run(server, tmp_path, write_manifest)
+    job, attempts = _job(tmp_path)
+    assert (result.exit_code, job.state) == (ExitCode.JOBS_FAILED, "failed")
+    assert "no video URL" in (job.reason or "") or "named no video" in (job.reason or "")
+    assert attempts[-1].money == "settled"  # the provider says it completed: paid
+
+
+async def test_a_video_body_that_is_not_a_video_is_never_saved(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile(video=_answer(b"\x00\x00\x00\x18ftypjunk" + b"x" * 5000, "video/mp4"))
+    result = await _run(server, tmp_path, write_manifest)
+    job, _ = _job(tmp_path)
+    assert (result.exit_code, job.state) == (ExitCode.JOBS_FAILED, "failed")
+    assert "not a playable video" in (job.reason or "")
+    assert job.download_failures == 2
+
+
+async def test_a_body_bigger_than_the_cap(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile()
+    await _run(server, tmp_path, write_manifest, max_video_bytes=1000)
+    job, _ = _job(tmp_path)
+    assert job.state == "failed" and "over the cap of 1,000" in (job.reason or "")
+
+
+async def test_a_content_length_that_lies(hostile, tmp_path, write_manifest) -> None:
+    async def lying(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4", "Content-Length": str(len(CLIP) * 2)})
+        await response.prepare(request)
+        await response.write(CLIP)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    server = await hostile(video=lying)
+    await _run(server, tmp_path, write_manifest)
+    job, _ = _job(tmp_path)
+    assert job.state == "failed" and "the download broke" in (job.reason or "")
+
+
+async def test_endless_redirects(hostile, tmp_path, write_manifest) -> None:
+    async def loop(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(str(request.url))
+
+    server = await hostile(video=loop)
+    await _run(server, tmp_path, write_manifest)
+    job, _ = _job(tmp_path)
+    assert job.state == "failed" and "too many redirects" in (job.reason or "")
+    assert job.download_failures == 1  # permanent: not retried
+
+
+async def test_a_429_whose_reset_is_in_the_past_is_retried_at_once(hostile, tmp_path, write_manifest) -> None:
+    calls = []
+
+    async def limited(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        if len(calls) == 1:
+            return web.json_response(
+                {"error": "slow down"}, status=429, headers={"x-rate-limit-reset-at-utc": "2001-01-01T00:00:00Z"}
+            )
+        return web.json_response({"request_id": "r1", "status": "QUEUED"})
+
+    server = await hostile(submit=limited)
+    result = await _run(server, tmp_path, write_manifest)
+    assert result.exit_code == ExitCode.OK and len(calls) == 2
+
+
+async def test_v1_200_with_an_empty_body_is_a_paid_clip_lost(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile(submit=_answer(b"", "video/mp4", **{"x-request-id": "r9", "x-cost": "0.504"}))
+    result = await _run(server, tmp_path, write_manifest, transport="v1")
+    job, attempts = _job(tmp_path)
+    assert (result.exit_code, job.state) == (ExitCode.JOBS_FAILED, "lost")
+    assert "r9" in (job.reason or "") and "empty" in (job.reason or "")
+    assert attempts[-1].money == "settled" and attempts[-1].settled_micros == 504_000
+
+
+async def test_v1_answer_neither_video_nor_json_shows_its_start(hostile, tmp_path, write_manifest) -> None:
+    server = await hostile(submit=_answer("<html>Maintenance</html>", "text/html"))
+    await _run(server, tmp_path, write_manifest, transport="v1")
+    job, _ = _job(tmp_path)
+    assert job.state == "lost" and "Maintenance" in (job.reason or "")
