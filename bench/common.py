@@ -1,0 +1,86 @@
+"""Shared pieces of the benchmarks: a simulator in its own process, manifests, timing, figures."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key"
+
+
+@contextmanager
+def simulator_process(*args: str) -> Iterator[str]:
+    """`batchgen simulate` in a process of its own (so it does not share the runner's core); yields its URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "simulate",
+            "--key",
+            KEY,
+            "--credits",
+            "1000000000",
+            "--rpm",
+            "100000000",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"(http://\S+)", line)
+        if not match:
+            raise RuntimeError(f"the simulator did not start: {line}{process.stderr.read() if process.stderr else ''}")
+        yield match.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def manifest(path: Path, jobs: int, *, concurrency: int, name: str = "bench", duration: int = 3) -> Path:
+    """A manifest of ``jobs`` distinct jobs."""
+    values = ", ".join(str(i) for i in range(jobs))
+    path.write_text(
+        f"version: 1\nname: {name}\nconcurrency: {concurrency}\nrpm: 100000\n"
+        f"defaults: {{duration: {duration}, generate_audio: false}}\n"
+        f"shots:\n  - id: clip\n    prompt: 'Benchmark clip {{n}}'\n    matrix:\n      n: [{values}]\n"
+    )
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str], int]:
+    """Run the CLI; (wall seconds, the finished process, its peak RSS in kB, read with wait4)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "batchgen", *args], cwd=ROOT, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
+    return elapsed, done, usage.ru_maxrss
+
+
+def env_for(url: str) -> dict[str, str]:
+    """The environment of a CLI aimed at the benchmark simulator."""
+    return {**os.environ, "SEGMIND_API_KEY": KEY, "SEGMIND_BASE_URL": url}
+
+
+def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
+    """min / median / max."""
+    return f"{min(values):.{digits}f} / {statistics.median(values):.{digits}f} / {max(values):.{digits}f}{unit}"

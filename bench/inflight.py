@@ -1,0 +1,67 @@
+"""5. Many in flight: v2 with 2,000 jobs in flight at once and a 30 s latency; the runner's CPU use while it waits.
+
+Measured from /proc over a window after every job is submitted and before the first can finish.
+Target: < 10 % of one core (polling must not spin).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, env_for, manifest, simulator_process
+
+JOBS, LATENCY_S, WINDOW_S = 2000, 30.0, 10.0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waiting_cpu_share(poll_interval_s: float = 5.0) -> float:
+    with simulator_process("--latency-s", str(LATENCY_S)) as url, tempfile.TemporaryDirectory() as tmp:
+        path = manifest(Path(tmp) / "m.yaml", JOBS, concurrency=JOBS, name="inflight")
+        out = Path(tmp) / "out"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "batchgen",
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--poll-interval-s",
+                str(poll_interval_s),
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            env=env_for(url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            log = out / "run.log"
+            while not (log.exists() and log.read_text().count("→ submitted") >= JOBS):
+                time.sleep(0.2)
+            before, started = _cpu_s(process.pid), time.monotonic()
+            time.sleep(WINDOW_S)
+            return (_cpu_s(process.pid) - before) / (time.monotonic() - started)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+
+
+def main(repeats: int = 1) -> dict[str, list[float]]:
+    return {"cpu_share_waiting": [waiting_cpu_share() for _ in range(repeats)]}
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,97 @@
+"""4. Scale: `validate` + `plan` of a 10,000-job manifest (target < 3 s each); a run directory of 100,000 jobs,
+most done: time from `batchgen run` to its first submit, and `batchgen status` (target < 3 s each)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from batchgen import expand, load_manifest
+from batchgen.launch import open_run
+from bench.common import ROOT, cli, env_for, manifest, simulator_process
+
+BIG, HUGE, LEFT = 10_000, 100_000, 100
+
+
+def validate_and_plan(tmp: Path) -> tuple[float, float]:
+    path = manifest(tmp / "big.yaml", BIG, concurrency=8, name="big")
+    validate, done, _ = cli("validate", str(path))
+    assert done.returncode == 0, done.stderr
+    plan, done, _ = cli("plan", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    return validate, plan
+
+
+def huge_run_dir(tmp: Path) -> tuple[Path, Path]:
+    """A run directory whose state knows 100,000 jobs, all but 100 done (made directly, not by running)."""
+    path = manifest(tmp / "huge.yaml", HUGE, concurrency=8, name="huge")
+    model = load_manifest(path, max_jobs=HUGE)
+    out = tmp / "huge-out"
+    with open_run(out, model, expand(model, max_jobs=HUGE), None):
+        pass
+    with sqlite3.connect(out / "state.db") as db:
+        db.execute("UPDATE jobs SET state = 'done' WHERE idx >= ?", (LEFT,))
+    return path, out
+
+
+def first_submit(path: Path, out: Path, url: str) -> float:
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(path),
+            "--out",
+            str(out),
+            "--max-jobs",
+            str(HUGE),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env_for(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = out / "run.log"
+    while not (log.exists() and "→ submit" in log.read_text()):
+        if process.poll() is not None:
+            raise RuntimeError("the run ended before submitting")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    process.send_signal(signal.SIGTERM)
+    process.wait()
+    return elapsed
+
+
+def main(repeats: int = 3) -> dict[str, list[float]]:
+    figures: dict[str, list[float]] = {
+        "validate_10k_s": [],
+        "plan_10k_s": [],
+        "first_submit_100k_s": [],
+        "status_100k_s": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp, simulator_process("--latency-s", "60") as url:
+        path, out = huge_run_dir(Path(tmp))
+        for repeat in range(repeats):
+            validate, plan = validate_and_plan(Path(tmp))
+            figures["validate_10k_s"].append(validate)
+            figures["plan_10k_s"].append(plan)
+            (out / "run.log").unlink(missing_ok=True)
+            figures["first_submit_100k_s"].append(first_submit(path, out, url))
+            status, done, _ = cli("status", "--out", str(out))
+            assert done.returncode == 0, done.stderr
+            figures["status_100k_s"].append(status)
+            del repeat
+    return figures
+
+
+if __name__ == "__main__":
+    print(main(repeats=1))
