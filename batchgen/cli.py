@@ -25,7 +25,7 @@ from batchgen.jobs import Job, expand
 from batchgen.launch import KEY_ENV, Target, open_run, open_state, resolve_target, run_root
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
 from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
-from batchgen.report import status_data, status_text
+from batchgen.report import status_data, status_text, write_report
 from batchgen.runner import Event, Runner, RunResult, RunSettings
 from batchgen.simulator import DEFAULT_KEY, FaultPlan, SimSettings, parse_script, running_simulator
 from batchgen.simulator.faults import KINDS
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(commands)
     _add_run(commands)
     _add_status(commands)
+    _add_report(commands)
     _add_retry(commands)
     _add_simulate(commands)
     return parser
@@ -343,10 +344,13 @@ def _run(args: argparse.Namespace) -> int:
     root = run_root(manifest, args.out)
     with open_run(root, manifest, jobs, settings.budget_micros) as (run_dir, store):
         progress = Progress(len(jobs), settings.budget_micros, enabled=not args.no_progress)
+        started = time.time()
         try:
             result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress))
         finally:
             progress.close()
+        store.set_meta(last_run={"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code})
+        write_report(store, run_dir)
     _print_result(result, root)
     return int(result.exit_code)
 
@@ -473,7 +477,7 @@ class Progress:
 def _print_result(result: RunResult, root: Path) -> None:
     counts = result.counts
     shown = ", ".join(f"{counts[state]} {state}" for state in counts if counts[state])
-    print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}")
+    print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}; open {root / 'index.html'}")
     if result.stop_message:
         print(result.stop_message, file=sys.stderr)
     hints = {
@@ -506,12 +510,34 @@ def _add_status(commands: Any) -> None:
     command = _add_command(commands, "status", "show a run's jobs, money, failures and requests in flight", _status)
     _add_target(command)
     command.add_argument("--json", action="store_true", help="print the status as JSON")
+    command.add_argument("--html", action="store_true", help="print the path of the run's gallery (index.html)")
 
 
 def _status(args: argparse.Namespace) -> int:
-    with open_state(_root_of(args)) as (_, store):
+    root = _root_of(args)
+    if args.html:
+        page = root / "index.html"
+        if not page.exists():
+            raise UsageError(f"no gallery in {root} yet: `batchgen report --out {root}` writes it")
+        print(page.resolve())
+        return int(ExitCode.OK)
+    with open_state(root) as (_, store):
         data = status_data(store)
     print(json.dumps(data, indent=2) if args.json else status_text(data))
+    return int(ExitCode.OK)
+
+
+def _add_report(commands: Any) -> None:
+    command = _add_command(commands, "report", "write summary.json and the index.html gallery of a run", _report)
+    _add_target(command)
+
+
+def _report(args: argparse.Namespace) -> int:
+    root = _root_of(args)
+    with open_state(root, write=True) as (run_dir, store):
+        run_dir.prepare()
+        summary = write_report(store, run_dir)
+    print(f"{root / 'index.html'}: {len(summary['jobs'])} jobs; summary in {root / 'summary.json'}")
     return int(ExitCode.OK)
 
 

@@ -105,6 +105,7 @@ def open_run(
                 model=manifest.model.slug,
                 budget_micros=budget_micros,
                 started_at=time.time(),
+                previous_started_at=store.get_meta("started_at", 0.0),
             )
             yield run_dir, store
         finally:

@@ -85,11 +85,9 @@ class Manifest:
 
     def combinations(self, shot: Shot) -> Iterator[Combination]:
         """Every matrix combination of ``shot``, in file order (the last variable varies fastest)."""
-        names = [name for name, _ in shot.matrix]
-        for values in itertools.product(*(values for _, values in shot.matrix)):
-            chosen = tuple(zip(names, values, strict=True))
-            fields, _ = _merge(self, shot, chosen)
-            yield Combination(shot, chosen, fields)
+        for choices in _choices(shot):
+            fields, _ = _merge(self, shot, choices)
+            yield Combination(shot, _values(shot, choices), fields)
 
 
 def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS) -> Manifest:
@@ -228,10 +226,19 @@ def _number(value: Any, default: Any) -> Any:
 # --- the rules a schema cannot state ------------------------------------------------------------------------
 
 
+def _choices(shot: Shot) -> Iterator[tuple[int, ...]]:
+    """Every matrix combination as the index of its value under each variable, in file order."""
+    return itertools.product(*(range(len(values)) for _, values in shot.matrix))
+
+
+def _values(shot: Shot, choices: tuple[int, ...]) -> tuple[tuple[str, Any], ...]:
+    return tuple((name, values[choice]) for (name, values), choice in zip(shot.matrix, choices, strict=True))
+
+
 def _merge(
-    manifest: Manifest, shot: Shot, values: tuple[tuple[str, Any], ...], *, render: bool = True
+    manifest: Manifest, shot: Shot, choices: tuple[int, ...], *, render: bool = True
 ) -> tuple[dict[str, Any], dict[str, Path_]]:
-    """defaults ← shot ← matrix values, rendered; with where each field was written (for error positions)."""
+    """defaults ← shot ← the matrix values at ``choices``, rendered; with where each field was written."""
     fields: dict[str, Any] = {}
     origin: dict[str, Path_] = {}
     for name, value in manifest.defaults.items():
@@ -239,8 +246,8 @@ def _merge(
     for name, value in shot.fields.items():
         fields[name], origin[name] = value, ("shots", shot.index, name)
     variables: dict[str, Any] = {}
-    for position, (name, value) in enumerate(values):
-        choice = [v for _, v in shot.matrix][position].index(value)
+    for (name, values), choice in zip(shot.matrix, choices, strict=True):
+        value = values[choice]
         if name in manifest.model.request_fields:
             fields[name], origin[name] = value, ("shots", shot.index, "matrix", name, choice)
         else:
@@ -297,10 +304,9 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
     problems = _template_problems(doc, manifest, shot)
     if problems or shot.combination_count * shot.takes > max_jobs:
         return problems  # rendering is unsafe, or the job limit reports it
-    names = [name for name, _ in shot.matrix]
     seen: set[str] = set()
-    for values in itertools.product(*(v for _, v in shot.matrix)):
-        fields, origin = _merge(manifest, shot, tuple(zip(names, values, strict=True)))
+    for choices in _choices(shot):
+        fields, origin = _merge(manifest, shot, choices)
         key = json.dumps(fields, sort_keys=True)
         if key in seen:
             message = "two matrix combinations give the same request; remove the repeated value"
@@ -314,7 +320,7 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
 def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Problem]:
     problems: list[Problem] = []
     variables = [name for name, _ in shot.matrix if name not in manifest.model.request_fields]
-    fields, origin = _merge(manifest, shot, (), render=False)
+    fields, origin = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
     used: set[str] = set()
     for path, text in _templates(fields, origin):
         for match in _TEMPLATE.finditer(text):

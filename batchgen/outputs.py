@@ -49,6 +49,10 @@ class RunDir:
         return self.root / "logs"
 
     @property
+    def posters(self) -> Path:
+        return self.root / "posters"
+
+    @property
     def run_log(self) -> Path:
         return self.root / "run.log"
 
@@ -63,7 +67,7 @@ class RunDir:
     def prepare(self) -> None:
         """Create the directory tree, private to its owner."""
         try:
-            for path in (self.root, self.videos, self.logs):
+            for path in (self.root, self.videos, self.logs, self.posters):
                 path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 path.chmod(DIR_MODE)
         except OSError as exc:
@@ -143,6 +147,20 @@ class PartFile:
         finally:
             self._close()
 
+    def finalize(self) -> dict[str, Any]:
+        """Sync, check that it is a video, and place it; its probe. Blocking: run it in a thread.
+
+        ``ProtocolError`` (not a video) or ``OutputError`` (the disk) leave no ``.part`` behind.
+        """
+        try:
+            self.sync()
+            probe = probe_video(self.part)
+        except BaseException:
+            self.discard()
+            raise
+        self.place()
+        return probe
+
     def place(self) -> None:
         """Rename the checked ``.part`` to its final name, and make the rename durable."""
         os.replace(self.part, self.final)
@@ -183,6 +201,29 @@ def probe_video(path: Path) -> dict[str, Any]:
         raise ProtocolError(f"the download is not a playable video: {exc}") from None
 
 
+def make_poster(video: Path, poster: Path) -> None:
+    """A JPEG still from the middle of ``video``, written atomically to ``poster`` (PyAV only, no imaging library)."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        middle = float(stream.duration * stream.time_base) / 2 if stream.duration and stream.time_base else 0.0
+        frame = None
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time >= middle:
+                break
+        if frame is None:
+            raise ProtocolError(f"{video.name} has no frame to show")
+        encoder = av.CodecContext.create("mjpeg", "w")
+        encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
+        if stream.time_base is not None:
+            encoder.time_base = stream.time_base
+        packets = encoder.encode(frame.reformat(format="yuvj420p")) + encoder.encode(None)
+    temporary = poster.with_name(f".{poster.name}.tmp")
+    fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(b"".join(bytes(packet) for packet in packets))
+    os.replace(temporary, poster)
+
+
 def compare(probe: dict[str, Any], spec: ClipSpec) -> list[str]:
     """Warnings where the video differs from what was asked (kept, not refused: the clip is paid)."""
     warnings = []
@@ -198,15 +239,20 @@ def compare(probe: dict[str, Any], spec: ClipSpec) -> list[str]:
     return warnings
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary file, fsynced, renamed over ``path``."""
+def write_json(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Write JSON atomically: a temporary file renamed over ``path`` (fsynced first when ``durable``).
+
+    A reader sees the old file or the new one, never a torn one. Per-job logs skip the fsync: they are a view of
+    the state file, rewritten on resume if a stop left them behind.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -1,25 +1,37 @@
-"""What a run looks like from outside: the status of its state file, as data and as text."""
+"""What a run looks like from outside: its status (data, text), ``summary.json`` and the ``index.html`` gallery."""
 
 from __future__ import annotations
 
+import contextlib
+import html
+import json
+import time
 from typing import Any
 
+import av
+
 from batchgen.budget import Budget
+from batchgen.errors import BatchgenError
+from batchgen.outputs import RunDir, make_poster, write_json
 from batchgen.pricing import format_usd, micros, usd
 from batchgen.store import IN_FLIGHT, Store
 
 
 def status_data(store: Store) -> dict[str, Any]:
-    """Counts by state, money against the budget, failures, jobs in flight, jobs no longer in the manifest."""
-    jobs = store.jobs()
+    """Counts by state, money against the budget, failures, jobs in flight, jobs no longer in the manifest.
+
+    Only the jobs that need a line are read: a run of 100,000 finished jobs answers at once.
+    """
     money = store.money()
     budget = Budget(store.get_meta("budget_micros"))
     left = budget.left_micros(money)
+    counts = store.counts()
+    twice, gone = store.flagged()
     return {
         "name": store.get_meta("name"),
         "manifest": store.get_meta("manifest"),
-        "counts": store.counts(),
-        "total": sum(1 for job in jobs if job.in_manifest),
+        "counts": counts,
+        "total": sum(counts.values()),
         "money": {
             "budget_usd": None if budget.cap_micros is None else usd(budget.cap_micros),
             "spent_usd": usd(money.spent_micros),
@@ -30,15 +42,14 @@ def status_data(store: Store) -> dict[str, Any]:
         },
         "failures": [
             {"job": job.id, "state": job.state, "reason": job.reason, "request_id": job.request_id}
-            for job in jobs
-            if job.state in ("failed", "lost")
+            for job in store.jobs(["failed", "lost"])
         ],
-        "skipped": [{"job": job.id, "reason": job.reason} for job in jobs if job.state == "skipped"],
+        "skipped": [{"job": job.id, "reason": job.reason} for job in store.jobs(["skipped"])],
         "in_flight": [
-            {"job": job.id, "state": job.state, "request_id": job.request_id} for job in jobs if job.state in IN_FLIGHT
+            {"job": job.id, "state": job.state, "request_id": job.request_id} for job in store.jobs(IN_FLIGHT)
         ],
-        "possibly_billed_twice": [job.id for job in jobs if job.possibly_billed_twice],
-        "not_in_manifest": [{"job": job.id, "state": job.state} for job in jobs if not job.in_manifest],
+        "possibly_billed_twice": twice,
+        "not_in_manifest": [{"job": job_id, "state": state} for job_id, state in gone],
     }
 
 
@@ -74,3 +85,171 @@ def status_text(data: dict[str, Any]) -> str:
 
 def _dollars(amount_usd: float) -> str:
     return format_usd(micros(amount_usd))
+
+
+# --- the morning-after view: summary.json and index.html ------------------------------------------------------
+
+SUMMARY_VERSION = 1
+
+
+def write_report(store: Store, run_dir: RunDir) -> dict[str, Any]:
+    """Make the missing posters, then write ``summary.json`` and ``index.html``; the summary."""
+    for job in store.jobs(["done"]):
+        poster = run_dir.posters / f"{job.id}.jpg"
+        if job.video_path and not poster.exists():
+            with contextlib.suppress(BatchgenError, OSError, av.FFmpegError):  # a gallery without one still
+                make_poster(run_dir.root / job.video_path, poster)
+    summary = summary_data(store, run_dir)
+    write_json(run_dir.root / "summary.json", summary)
+    page = run_dir.root / "index.html"
+    temporary = page.with_name(".index.html.tmp")
+    temporary.write_text(gallery_html(summary), encoding="utf-8")
+    temporary.chmod(0o600)
+    temporary.replace(page)
+    return summary
+
+
+def summary_data(store: Store, run_dir: RunDir) -> dict[str, Any]:
+    """``summary.json``: stable keys, documented in the README."""
+    status = status_data(store)
+    costs = store.costs()
+    last_run = store.get_meta("last_run", {})
+    jobs = []
+    for job in store.jobs():
+        cost, attempts = costs.get(job.id, (0, 0))
+        poster = run_dir.posters / f"{job.id}.jpg"
+        jobs.append(
+            {
+                "id": job.id,
+                "shot": job.shot_id,
+                "take": job.take,
+                "variables": dict(job.variables),
+                "state": job.state,
+                "in_manifest": job.in_manifest,
+                "prompt": job.payload.get("prompt", ""),
+                "parameters": {k: v for k, v in job.payload.items() if k != "prompt"},
+                "cost_usd": usd(cost),
+                "duration_s": (job.probe or {}).get("duration_s"),
+                "attempts": attempts,
+                "warnings": job.warnings,
+                "reason": job.reason,
+                "request_id": job.request_id,
+                "possibly_billed_twice": job.possibly_billed_twice,
+                "video": job.video_path,
+                "poster": f"posters/{poster.name}" if poster.exists() else None,
+            }
+        )
+    return {
+        "summary_version": SUMMARY_VERSION,
+        "name": status["name"],
+        "manifest": status["manifest"],
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "counts": status["counts"],
+        "total": status["total"],
+        "money": status["money"],
+        "possibly_billed_twice": status["possibly_billed_twice"],
+        "wall_time_s": last_run.get("wall_s"),
+        "last_exit_code": last_run.get("exit_code"),
+        "jobs": jobs,
+    }
+
+
+_CSS = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#111;color:#eee}
+header{padding:16px 24px;background:#1b1b1b;border-bottom:1px solid #333;position:sticky;top:0}
+h1{margin:0 0 4px;font-size:22px}.stats{margin:0;color:#bbb}.stats b{color:#fff}
+nav{margin-top:8px}nav button{background:#2a2a2a;color:#eee;border:1px solid #444;border-radius:4px;
+padding:3px 10px;margin-right:4px;cursor:pointer}nav button.on{background:#3d6ee0;border-color:#3d6ee0}
+main{padding:8px 24px 40px}section h2{font-size:17px;margin:20px 0 8px;color:#ddd}
+.cards{display:flex;flex-wrap:wrap;gap:14px}
+.card{background:#1c1c1c;border:1px solid #333;border-radius:8px;width:300px;padding:10px;box-sizing:border-box}
+.card img{width:100%;height:170px;object-fit:contain;border-radius:4px;display:block;background:#000}
+.card video{width:100%}
+.card h3{font-size:13px;margin:8px 0 2px;word-break:break-all;color:#9cf}
+.prompt{white-space:pre-wrap;margin:6px 0;color:#ddd}.meta{color:#aaa;font-size:13px;margin:0}
+.badge{display:inline-block;border-radius:3px;padding:0 6px;font-size:12px;background:#333}
+.state-done .badge{background:#1f6f3a}.state-failed .badge,.state-lost .badge{background:#8a2323}
+.state-skipped .badge,.state-pending .badge{background:#6b5a12}
+.reason{background:#2a1414;border-left:3px solid #c44;padding:6px;color:#f0c0c0;white-space:pre-wrap}
+.warn{color:#f0c060;font-size:13px}summary{cursor:pointer;list-style:none}
+body[data-filter] .card{display:none}body[data-filter=all] .card{display:block}
+"""
+
+_SCRIPT = """
+document.querySelectorAll('nav button').forEach(function (b) {
+  b.addEventListener('click', function () {
+    document.body.dataset.filter = b.dataset.state;
+    document.querySelectorAll('nav button').forEach(function (o) { o.classList.toggle('on', o === b); });
+    document.querySelectorAll('.card').forEach(function (c) {
+      c.style.display = (b.dataset.state === 'all' || c.dataset.state === b.dataset.state) ? 'block' : 'none';
+    });
+  });
+});
+"""
+
+
+def gallery_html(summary: dict[str, Any]) -> str:
+    """``index.html``: self-contained (inline CSS, no network), relative links; every text from the manifest or
+    the provider is escaped."""
+    counts = summary["counts"]
+    money = summary["money"]
+    spent = _dollars(money["spent_usd"])
+    of = f" of {_dollars(money['budget_usd'])}" if money["budget_usd"] is not None else ""
+    wall = summary["wall_time_s"]
+    stats = " · ".join(
+        f"<b>{counts[s]}</b> {s}" for s in ("done", "failed", "lost", "skipped", "pending") if counts.get(s)
+    )
+    stats += f" · <b>{_e(spent)}</b> spent{_e(of)}"
+    if wall is not None:
+        stats += f" · wall time {_e(_duration(wall))}"
+    stats += f" · {_e(summary['generated_at'])}"
+    states = ["all", *(s for s in ("done", "failed", "lost", "skipped", "pending") if counts.get(s))]
+    buttons = "".join(f'<button data-state="{s}"{" class=on" if s == "all" else ""}>{s}</button>' for s in states)
+    shots: dict[str, list[dict[str, Any]]] = {}
+    for job in summary["jobs"]:
+        shots.setdefault(job["shot"], []).append(job)
+    sections = "".join(
+        f'<section data-shot="{_e(shot)}"><h2>{_e(shot)}</h2><div class="cards">{"".join(map(_card, jobs))}</div>'
+        "</section>"
+        for shot, jobs in shots.items()
+    )
+    title = _e(summary["name"] or "batchgen run")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+        f'content="width=device-width,initial-scale=1"><title>{title} · batchgen</title><style>{_CSS}</style></head>'
+        f'<body data-filter="all"><header><h1>{title}</h1><p class="stats">{stats}</p><nav>{buttons}</nav></header>'
+        f"<main>{sections}</main><script>{_SCRIPT}</script></body></html>\n"
+    )
+
+
+def _card(job: dict[str, Any]) -> str:
+    state = job["state"]
+    if state == "done" and job["video"]:
+        still = f'<img src="{_e(job["poster"])}" alt="still of {_e(job["id"])}">' if job["poster"] else "▶ play"
+        picture = (
+            f'<details><summary>{still}</summary><video controls preload="none" src="{_e(job["video"])}"></video>'
+            f"</details>"
+        )
+    else:
+        picture = f'<p class="reason">{_e(job["reason"] or state)}</p>'
+    params = ", ".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in job["parameters"].items())
+    duration = f"{job['duration_s']} s" if job["duration_s"] is not None else "-"
+    warnings = "".join(f'<p class="warn">⚠ {_e(w)}</p>' for w in job["warnings"])
+    twice = '<p class="warn">possibly billed twice</p>' if job["possibly_billed_twice"] else ""
+    return (
+        f'<article class="card state-{_e(state)}" data-state="{_e(state)}">{picture}'
+        f'<h3>{_e(job["id"])}</h3><p class="meta"><span class="badge">{_e(state)}</span> take {job["take"]} · '
+        f"{_e(_dollars(job['cost_usd']))} · {_e(duration)} · {job['attempts']} "
+        f"attempt{'s' * (job['attempts'] != 1)}</p>"
+        f'<p class="prompt">{_e(job["prompt"])}</p><p class="meta">{_e(params)}</p>{warnings}{twice}</article>'
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)

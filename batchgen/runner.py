@@ -31,7 +31,7 @@ from batchgen.client import AnswerError, Client, Completed
 from batchgen.decisions import Decision
 from batchgen.errors import BatchgenError, ExitCode, OutputError, ProtocolError
 from batchgen.models import Model
-from batchgen.outputs import PartFile, RunDir, RunLog, compare, job_log, probe_video, write_json
+from batchgen.outputs import PartFile, RunDir, RunLog, compare, job_log, write_json
 from batchgen.pricing import clip_spec, format_usd
 from batchgen.store import JobRow, Money, Store
 
@@ -262,8 +262,12 @@ class Runner:
 
     def _refresh_logs(self) -> None:
         """Rewrite the logs a stop left older than their job (killed between a change and its log)."""
+        since = self.store.get_meta("previous_started_at", 0.0)  # what earlier runs finished has its log
+        changed = self.store.jobs(["done", "failed", "lost"], updated_since=since)
+        if not changed:
+            return
         written = {entry.name: entry.stat().st_mtime for entry in os.scandir(self.run_dir.logs)}
-        for job in self.store.jobs(["done", "failed", "lost"]):
+        for job in changed:
             if written.get(f"{job.id}.json", 0.0) < job.updated_at:
                 self._write_job_log(job.id)
 
@@ -379,9 +383,7 @@ class Runner:
         billed: list[Completed] = []
 
         def on_billed(completed: Completed) -> None:
-            now = self.clock()
-            self.store.mark_submitted(job.id, completed.request_id or "", None, None, now)
-            self.store.mark_completed(job.id, completed.cost_micros, None, now)
+            self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, self.clock())
             billed.append(completed)
 
         try:
@@ -580,14 +582,8 @@ class Runner:
     async def _finish_video(self, job_id: str, part: PartFile) -> None:
         """Check, fsync and rename a received video, then mark the job done (invariant 3)."""
         job = self.store.job(job_id)
-        try:
-            part.sync()
-            probe = await asyncio.to_thread(probe_video, part.part)
-        except BaseException:
-            part.discard()
-            raise
+        probe = await asyncio.to_thread(part.finalize)  # fsync, probe and rename off the loop
         warnings = compare(probe, clip_spec(job.payload, self.model))
-        part.place()
         path = str(part.final.relative_to(self.run_dir.root))
         self.store.mark_done(job_id, path, part.sha256, probe, warnings, self.clock())
         self.downloading.discard(job_id)
@@ -667,7 +663,8 @@ class Runner:
             )
 
     def _write_job_log(self, job_id: str) -> None:
-        write_json(self.run_dir.logs / f"{job_id}.json", job_log(self.store.job(job_id), self.store.attempts(job_id)))
+        log = job_log(self.store.job(job_id), self.store.attempts(job_id))
+        write_json(self.run_dir.logs / f"{job_id}.json", log, durable=False)
 
     def _event(self, kind: str, job_id: str | None, message: str) -> None:
         """One state change: a line of run.log (glyphs → ← ↻ ! ?), and the progress callback."""

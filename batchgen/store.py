@@ -322,14 +322,31 @@ class Store:
             raise StateError(f"no job {job_id} in {self.path}")
         return _job(row)
 
-    def jobs(self, states: Sequence[str] | None = None) -> list[JobRow]:
-        """Every job (in ``states``), in manifest order."""
+    def jobs(self, states: Sequence[str] | None = None, *, updated_since: float | None = None) -> list[JobRow]:
+        """Every job (in ``states``; changed since ``updated_since``), in manifest order."""
         if states is None:
             rows = self.db.execute("SELECT * FROM jobs ORDER BY in_manifest DESC, idx")
         else:
             marks = ",".join("?" * len(states))
-            rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY idx", tuple(states))
+            rows = self.db.execute(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) AND updated_at >= ? ORDER BY idx",
+                (*states, updated_since or 0.0),
+            )
         return [_job(row) for row in rows]
+
+    def costs(self) -> dict[str, tuple[int, int]]:
+        """Per job: (µUSD settled or possibly billed, number of attempts)."""
+        rows = self.db.execute(
+            "SELECT job_id, SUM(CASE WHEN money IN ('settled', 'ambiguous') THEN settled_micros ELSE 0 END), COUNT(*) "
+            "FROM attempts GROUP BY job_id"
+        )
+        return {row[0]: (int(row[1] or 0), int(row[2])) for row in rows}
+
+    def flagged(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Ids of the jobs possibly billed twice, and (id, state) of the jobs no longer in the manifest."""
+        twice = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE possibly_billed_twice ORDER BY idx")]
+        gone = [(row[0], row[1]) for row in self.db.execute("SELECT id, state FROM jobs WHERE NOT in_manifest")]
+        return twice, gone
 
     def counts(self) -> dict[str, int]:
         """How many jobs of the manifest are in each state."""
@@ -380,29 +397,45 @@ class Store:
         self, job_id: str, request_id: str, status_url: str | None, response_url: str | None, now: float
     ) -> None:
         """The provider answered with a request id: it is stored at once, and the job is never POSTed again."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE attempts SET request_id = ? WHERE id = (SELECT open_attempt FROM jobs WHERE id = ?)",
-                (request_id, job_id),
-            )
-            db.execute(
-                "UPDATE jobs SET state = 'submitted', request_id = ?, status_url = ?, response_url = ?, "
-                "submitted_at = ?, updated_at = ? WHERE id = ?",
-                (request_id, status_url, response_url, now, now, job_id),
-            )
+        with self.transaction():
+            self._submitted(job_id, request_id, status_url, response_url, now)
+
+    def _submitted(
+        self, job_id: str, request_id: str, status_url: str | None, response_url: str | None, now: float
+    ) -> None:
+        db = self.db
+        db.execute(
+            "UPDATE attempts SET request_id = ? WHERE id = (SELECT open_attempt FROM jobs WHERE id = ?)",
+            (request_id, job_id),
+        )
+        db.execute(
+            "UPDATE jobs SET state = 'submitted', request_id = ?, status_url = ?, response_url = ?, "
+            "submitted_at = ?, updated_at = ? WHERE id = ?",
+            (request_id, status_url, response_url, now, now, job_id),
+        )
+
+    def mark_billed_v1(self, job_id: str, request_id: str, cost_micros: int | None, now: float) -> None:
+        """A v1 answer arrived with 200: the request id stored and the money settled, in one transaction."""
+        with self.transaction():
+            self._submitted(job_id, request_id, None, None, now)
+            self._completed(job_id, cost_micros, None, now)
 
     def mark_completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
         """The generation completed: settle its money (the provider's figure, else the estimate), go download."""
-        with self.transaction() as db:
-            attempt = _open_attempt(db, job_id)
-            if attempt is not None:
-                cost = attempt["reserved_micros"] if cost_micros is None else cost_micros
-                _end_attempt(db, attempt, "settled", cost, outcome="ok", status=200, message=None, now=now)
-            db.execute(
-                "UPDATE jobs SET state = 'downloading', video_url = ?, completed_at = ?, open_attempt = NULL, "
-                "download_failures = 0, not_before = 0, updated_at = ? WHERE id = ?",
-                (video_url, now, now, job_id),
-            )
+        with self.transaction():
+            self._completed(job_id, cost_micros, video_url, now)
+
+    def _completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
+        db = self.db
+        attempt = _open_attempt(db, job_id)
+        if attempt is not None:
+            cost = attempt["reserved_micros"] if cost_micros is None else cost_micros
+            _end_attempt(db, attempt, "settled", cost, outcome="ok", status=200, message=None, now=now)
+        db.execute(
+            "UPDATE jobs SET state = 'downloading', video_url = ?, completed_at = ?, open_attempt = NULL, "
+            "download_failures = 0, not_before = 0, updated_at = ? WHERE id = ?",
+            (video_url, now, now, job_id),
+        )
 
     def end_attempt(
         self,

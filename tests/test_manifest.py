@@ -101,7 +101,7 @@ def test_alias_bomb_is_refused(write_manifest) -> None:
 def test_deep_nesting_is_refused(write_manifest) -> None:
     path = write_manifest("a: " + "[" * 5000 + "]" * 5000 + "\n")
     messages = _messages(path)
-    assert len(messages) == 1 and ("deeper than" in messages[0])
+    assert len(messages) == 1 and ("deeper than" in messages[0] or "maximum nesting depth" in messages[0])
 
 
 def test_merge_keys_may_be_overridden_without_a_duplicate_error(write_manifest) -> None:
