@@ -25,6 +25,7 @@ from batchgen.jobs import Job, expand
 from batchgen.launch import KEY_ENV, Target, open_run, open_state, resolve_target, run_root
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
 from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
+from batchgen.reconcile import reconcile, reconcile_text
 from batchgen.report import status_data, status_text, write_report
 from batchgen.runner import Event, Runner, RunResult, RunSettings
 from batchgen.simulator import DEFAULT_KEY, FaultPlan, SimSettings, parse_script, running_simulator
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_status(commands)
     _add_report(commands)
+    _add_reconcile(commands)
     _add_retry(commands)
     _add_simulate(commands)
     return parser
@@ -308,6 +310,20 @@ def _add_run(commands: Any) -> None:
     )
     command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
     command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
+    command.add_argument(
+        "--history-url",
+        metavar="URL",
+        help="the provider's request history (default "
+        "$SEGMIND_HISTORY_URL, else https://api.spotprod.segmind.com; 'off' for none)",
+    )
+    command.add_argument(
+        "--history-lag-s",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="how long a lost submit "
+        "may take to show in the request history before it is submitted again (default 120)",
+    )
     command.add_argument("--max-attempts", type=int, metavar="N", help="attempts per job (default: manifest's, else 5)")
     command.add_argument(
         "--deadline",
@@ -339,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
             key_env=args.api_key_env,
             environ=os.environ,
             allow_insecure_http=args.allow_insecure_http,
+            history_url_flag=args.history_url,
         )
     )
     root = run_root(manifest, args.out)
@@ -373,6 +390,7 @@ def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
         poll_interval_s=poll,
         backoff_base_s=args.backoff_base_s if args.backoff_base_s is not None else 0.5 if args.simulate else 2.0,
         deadline=_parse_deadline(args.deadline) if args.deadline else None,
+        history_lag_s=args.history_lag_s,
     )
 
 
@@ -402,7 +420,9 @@ async def _run_async(
         key = f"sim-{secrets.token_hex(8)}"
         sim_settings = SimSettings(keys=(key,), latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
         async with running_simulator(sim_settings) as simulator:
-            return await _drive(manifest, store, run_dir, settings, Target(simulator.base_url, key), progress)
+            return await _drive(
+                manifest, store, run_dir, settings, Target(simulator.base_url, key, simulator.base_url), progress
+            )
     return await _drive(manifest, store, run_dir, settings, target, progress)
 
 
@@ -410,7 +430,11 @@ async def _drive(
     manifest: Manifest, store: Any, run_dir: Any, settings: RunSettings, target: Target, progress: Progress
 ) -> RunResult:
     client = Client(
-        target.base_url, target.api_key, manifest.model.slug, connections=max(100, settings.concurrency * 2)
+        target.base_url,
+        target.api_key,
+        manifest.model.slug,
+        connections=max(100, settings.concurrency * 2),
+        history_url=target.history_url,
     )
     async with client:
         runner = Runner(store, run_dir, client, manifest.model, settings, on_event=progress.event)
@@ -525,6 +549,48 @@ def _status(args: argparse.Namespace) -> int:
         data = status_data(store)
     print(json.dumps(data, indent=2) if args.json else status_text(data))
     return int(ExitCode.OK)
+
+
+def _add_reconcile(commands: Any) -> None:
+    command = _add_command(
+        commands,
+        "reconcile",
+        "compare the run's spend with the provider's request history (exit 1 if they differ)",
+        _reconcile,
+    )
+    _add_target(command)
+    command.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    command.add_argument("--base-url", metavar="URL", help="API base URL (as for run)")
+    command.add_argument("--history-url", metavar="URL", help="the request history's URL (as for run)")
+    command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
+    command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    root = _root_of(args)
+    with open_state(root) as (_, store):
+        manifest_path = args.manifest or store.get_meta("manifest")
+        manifest = load_manifest(manifest_path, max_jobs=sys.maxsize)
+        target = resolve_target(
+            manifest,
+            base_url_flag=args.base_url,
+            key_env=args.api_key_env,
+            environ=os.environ,
+            allow_insecure_http=args.allow_insecure_http,
+            history_url_flag=args.history_url,
+        )
+        if target.history_url is None:
+            raise UsageError("reconcile needs the request history: give --history-url")
+
+        async def compare() -> dict[str, Any]:
+            async with Client(
+                target.base_url, target.api_key, manifest.model.slug, history_url=target.history_url
+            ) as c:
+                return await reconcile(store, c)
+
+        data = asyncio.run(compare())
+    print(json.dumps(data, indent=2) if args.json else reconcile_text(data))
+    return int(ExitCode.OK if data["agree"] else ExitCode.JOBS_FAILED)
 
 
 def _add_report(commands: Any) -> None:

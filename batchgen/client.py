@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import aiohttp
@@ -23,6 +24,9 @@ from batchgen.decisions import Decision, classify, provider_message
 from batchgen.errors import ProviderError
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
+DEFAULT_HISTORY_URL = "https://api.spotprod.segmind.com"
+HISTORY_PATH = "/inference-request/request-history"
+HISTORY_WINDOW_DAYS = 31
 CHUNK = 1 << 16
 MAX_JSON_BYTES = 1 << 20
 MAX_REDIRECTS = 5
@@ -62,6 +66,42 @@ class Completed:
 
 
 @dataclass(frozen=True)
+class HistoryRow:
+    """One request as the provider's request history records it."""
+
+    request_id: str
+    model: str
+    status: str  # COMPLETED, FAILED or PENDING
+    cost_micros: int | None
+    request_body: Any
+    generation_url: str | None
+    created_at: float  # epoch seconds
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> HistoryRow | None:
+        """A row from the provider's JSON (``None`` when it lacks what matching needs)."""
+        request_id, created = data.get("request_id"), data.get("created_at")
+        if not isinstance(request_id, str) or not isinstance(created, str):
+            return None
+        try:
+            at = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        url = data.get("generation_url")
+        return cls(
+            request_id,
+            str(data.get("model_name", "")),
+            str(data.get("model_status", "")).upper(),
+            _cost(data.get("credits_deduction")),
+            data.get("request_body"),
+            url if isinstance(url, str) and url.startswith(("http://", "https://")) else None,
+            at.timestamp(),
+        )
+
+
+@dataclass(frozen=True)
 class Timeouts:
     """Seconds to wait for each kind of call."""
 
@@ -84,8 +124,10 @@ class Client:
         timeouts: Timeouts | None = None,
         clock: Callable[[], float] = time.time,
         connections: int = 100,
+        history_url: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.history_url = history_url.rstrip("/") if history_url else None
         self.model = model
         self.max_video_bytes = max_video_bytes
         self.timeouts = timeouts or Timeouts()
@@ -201,6 +243,56 @@ class Client:
         async with self._exchange("credits", "GET", f"{self.base_url}/v1/get-user-credits", 30.0) as response:
             data = await _json_of(response, "credits")
         return float(data.get("credits") or 0) + float(data.get("free-credits") or 0)
+
+    # --- the request history ------------------------------------------------------------------------------
+
+    async def history_get(self, request_id: str) -> HistoryRow | None:
+        """The provider's record of one request, of any age; ``None`` when it does not know it (yet)."""
+        url = f"{self._history()}{HISTORY_PATH}/{request_id}"
+        try:
+            async with self._exchange("history", "GET", url, 30.0) as response:
+                data = await _json_of(response, "history")
+        except AnswerError as exc:
+            if exc.decision.status == 404:
+                return None
+            raise
+        return HistoryRow.parse(data)
+
+    async def history_since(self, since: float) -> list[HistoryRow]:
+        """Every request of this model created since ``since`` (epoch), all pages, one row per request id.
+
+        The window starts on the day of ``since`` (at most 31 days back, as the provider allows).
+        """
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        start = max(datetime.fromtimestamp(since, UTC).date(), today - timedelta(days=HISTORY_WINDOW_DAYS))
+        rows: dict[str, HistoryRow] = {}
+        page, pages = 1, 1
+        while page <= pages:
+            query = {
+                "page": page,
+                "per_page": 100,
+                "from_date": start.isoformat(),
+                "to_date": today.isoformat(),
+                "model_name": self.model,
+                "sort_by": "model_created",
+                "sort_order": "desc",
+            }
+            async with self._exchange(
+                "history", "GET", f"{self._history()}{HISTORY_PATH}", 30.0, params=query
+            ) as response:
+                data = await _json_of(response, "history")
+            for item in data.get("data") or []:
+                row = HistoryRow.parse(item) if isinstance(item, dict) else None
+                if row is not None and row.created_at >= since:
+                    rows.setdefault(row.request_id, row)  # a request with several outputs shows once per output
+            pages = int(data.get("total_pages") or 1)
+            page += 1
+        return list(rows.values())
+
+    def _history(self) -> str:
+        if not self.history_url:
+            raise AnswerError(Decision("retry", "no", "no request-history URL is set"))
+        return self.history_url
 
     async def _stream(self, response: aiohttp.ClientResponse, sink: Sink) -> int:
         declared = response.content_length

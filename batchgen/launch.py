@@ -16,7 +16,7 @@ from pathlib import Path
 
 from yarl import URL
 
-from batchgen.client import DEFAULT_BASE_URL
+from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL
 from batchgen.errors import UsageError
 from batchgen.jobs import Job
 from batchgen.manifest import Manifest
@@ -26,6 +26,7 @@ from batchgen.store import Store
 
 KEY_ENV = "SEGMIND_API_KEY"
 BASE_URL_ENV = "SEGMIND_BASE_URL"
+HISTORY_URL_ENV = "SEGMIND_HISTORY_URL"
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,10 @@ class Target:
 
     base_url: str
     api_key: str
+    history_url: str | None = None
 
     def __repr__(self) -> str:
-        return f"Target(base_url={self.base_url!r})"
+        return f"Target(base_url={self.base_url!r}, history_url={self.history_url!r})"
 
 
 def run_root(manifest: Manifest, out: str | None) -> Path:
@@ -51,17 +53,24 @@ def resolve_target(
     key_env: str,
     environ: Mapping[str, str],
     allow_insecure_http: bool = False,
+    history_url_flag: str | None = None,
 ) -> Target:
-    """The base URL (flag, ``SEGMIND_BASE_URL``, the manifest's ``api.base_url``, the default) and the key."""
+    """The base URL (flag, ``SEGMIND_BASE_URL``, the manifest's ``api.base_url``, the default), the request
+    history's (flag, ``SEGMIND_HISTORY_URL``, the default; ``off`` for none) and the key."""
     base_url = base_url_flag or environ.get(BASE_URL_ENV) or manifest.base_url or DEFAULT_BASE_URL
     check_base_url(base_url, allow_insecure_http)
+    history_url: str | None = history_url_flag or environ.get(HISTORY_URL_ENV) or DEFAULT_HISTORY_URL
+    if history_url == "off":
+        history_url = None
+    else:
+        check_base_url(str(history_url), allow_insecure_http)
     key = environ.get(key_env, "").strip()
     if not key:
         raise UsageError(
             f"no API key: set {key_env} (or name another variable with --api-key-env), "
             "or pass --simulate to run against the built-in simulator"
         )
-    return Target(base_url, key)
+    return Target(base_url, key, history_url)
 
 
 def check_base_url(base_url: str, allow_insecure_http: bool) -> None:

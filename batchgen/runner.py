@@ -27,15 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchgen.budget import Budget
-from batchgen.client import AnswerError, Client, Completed
+from batchgen.canonical import canonical_json
+from batchgen.client import AnswerError, Client, Completed, HistoryRow
 from batchgen.decisions import Decision
 from batchgen.errors import BatchgenError, ExitCode, OutputError, ProtocolError
 from batchgen.models import Model
 from batchgen.outputs import PartFile, RunDir, RunLog, compare, job_log, write_json
 from batchgen.pricing import clip_spec, format_usd
-from batchgen.store import JobRow, Money, Store
+from batchgen.store import AttemptRow, JobRow, Money, Store
 
 RATE_WINDOW_S = 60.0
+HISTORY_SKEW_S = 2.0  # the provider's clock may differ from ours by this much
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class RunSettings:
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
     deadline: float | None = None  # epoch seconds
+    history_lag_s: float = 120.0  # how long a request may take to show in the provider's request history
     check_credits: bool = True
     seed: int | None = None
 
@@ -170,6 +173,7 @@ class Runner:
         self.posting: set[str] = set()
         self.watching: dict[str, JobRow] = {}
         self.downloading: set[str] = set()
+        self.past_ttl: set[str] = set()  # submitted jobs followed through the request history
         self.durations: list[float] = []
         self.warned_budget = False
         self.budget_skips = 0
@@ -187,6 +191,8 @@ class Runner:
         """Run until every job is finished or the run is stopped; the state says what is left."""
         try:
             self._resume()
+            for job in self.store.jobs(["lost"]):
+                await self._from_history(job.id)
             if self.settings.check_credits:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
@@ -315,7 +321,95 @@ class Runner:
                     return
                 await self._wait_for_change(self.store.earliest_pending())
                 continue
-            await self._submit_one(job)
+            ambiguous = self.store.unresolved_ambiguous(job.id) if self.client.history_url else None
+            if ambiguous is None or await self._resolve_ambiguous(job, ambiguous):
+                await self._submit_one(job)
+
+    async def _resolve_ambiguous(self, job: JobRow, attempt: AttemptRow) -> bool:
+        """Before paying again for a submit whose answer was lost, look for it in the provider's request history.
+
+        Found: adopt its request id (no new POST). Not found yet: wait for the history's lag. FAILED there: it was
+        not billed; submit again. Not found after the lag: submit again, reported as possibly billed twice.
+        True when the job should be submitted now.
+        """
+        try:
+            rows = await self.client.history_since(attempt.started_at - HISTORY_SKEW_S)
+        except AnswerError as exc:
+            self._event(
+                "warning",
+                job.id,
+                f"! the request history could not be read ({exc.decision.message}): "
+                "submitting again, possibly billed twice",
+            )
+            return True
+        owned = self.store.owned_request_ids()
+        body = canonical_json(job.payload)
+        # The attempt's request, if the provider got it, was created between its intent and its end.
+        until = (attempt.ended_at or self.clock()) + HISTORY_SKEW_S
+        candidates = [
+            row
+            for row in rows
+            if row.request_id not in owned and row.created_at <= until and canonical_json(row.request_body) == body
+        ]
+        # The first one after the intent; one up to the skew before it only when there is none after.
+        match = min(candidates, key=lambda row: (row.created_at < attempt.started_at, row.created_at), default=None)
+        now = self.clock()
+        if match is None or match.status == "FAILED":
+            if match is None and now < attempt.started_at + self.settings.history_lag_s:
+                self.store.defer(job.id, attempt.started_at + self.settings.history_lag_s, now)
+                self._event("info", job.id, "? not in the provider's request history yet: looking again later")
+                return False
+            if match is not None:
+                message = f"the provider's request history says {match.request_id} FAILED: not billed"
+                self.store.close_ambiguous(
+                    job.id, attempt.id, billed=False, message=message, now=now, request_id=match.request_id
+                )
+            else:
+                message = (
+                    f"not in the provider's request history after {self.settings.history_lag_s:g} s: "
+                    "submitted again, possibly billed twice"
+                )
+                self.store.close_ambiguous(job.id, attempt.id, billed=None, message=message, now=now)
+            self._event("retry", job.id, f"↻ {message}")
+            return True
+        return await self._adopt(job, attempt, match)
+
+    async def _adopt(self, job: JobRow, attempt: AttemptRow, row: HistoryRow) -> bool:
+        now = self.clock()
+        if row.status != "COMPLETED" and self.settings.transport == "v1":
+            self.store.defer(job.id, now + self.settings.poll_interval_s, now)  # v1 has no status to poll
+            return False
+        base = self.client.base_url
+        urls = (f"{base}/v2/requests/{row.request_id}/status", f"{base}/v2/requests/{row.request_id}")
+        self.store.adopt(job.id, attempt.id, row.request_id, urls, now)
+        self._event("submitted", job.id, f"→ found request {row.request_id} in the provider's history: adopted")
+        if row.status == "COMPLETED" and row.generation_url:
+            self.store.mark_completed(job.id, row.cost_micros, row.generation_url, now)
+            self._settled(job.id)
+            self._queue_download(job.id, 0)
+        else:
+            self.watching[job.id] = self.store.job(job.id)
+            self.slots.take()
+        self._write_job_log(job.id)
+        self._notify()
+        return False
+
+    async def _from_history(self, job_id: str) -> bool:
+        """A paid clip the run lost track of (a forgotten v2 request, a v1 answer lost): fetch it by its request
+        id from the history; True when it is there to download, without paying again."""
+        request_id = self.store.job(job_id).request_id
+        if not request_id or not self.client.history_url:
+            return False
+        try:
+            row = await self.client.history_get(request_id)
+        except AnswerError:
+            return False
+        if row is None or row.status != "COMPLETED" or not row.generation_url:
+            return False
+        self.store.recovered(job_id, row.generation_url, row.cost_micros, self.clock())
+        self._event("info", job_id, f"↻ request {request_id} found in the provider's history: downloading it")
+        self._queue_download(job_id, 0)
+        return True
 
     async def _submit_one(self, job: JobRow) -> None:
         await self.slots.acquire()
@@ -392,7 +486,7 @@ class Runner:
             part.discard()
             await self._v1_answered(job)
             if billed:
-                self._paid_but_unreadable(job, exc.decision.message)
+                await self._paid_but_unreadable(job, exc.decision.message)
             else:
                 await self._attempt_failed(job, exc.decision, slot_held=False)
             return
@@ -411,7 +505,7 @@ class Runner:
         try:
             await self._finish_video(job.id, part)
         except ProtocolError as exc:
-            self._paid_but_unreadable(job, str(exc))
+            await self._paid_but_unreadable(job, str(exc))
         finally:
             self.downloading.discard(job.id)
             self._notify()
@@ -422,11 +516,12 @@ class Runner:
         await self.slots.release()
         self._notify()
 
-    def _paid_but_unreadable(self, job: JobRow, message: str) -> None:
-        """A v1 answer billed but broken mid-body: no URL to fetch it again, so the clip is lost."""
+    async def _paid_but_unreadable(self, job: JobRow, message: str) -> None:
+        """A v1 answer billed but broken mid-body: fetched again through the request history, else lost."""
         reason = f"paid (request {self.store.job(job.id).request_id}), but the video in the answer broke: {message}"
         self.store.mark_lost(job.id, reason, self.clock())
-        self._event("lost", job.id, f"! lost: {reason}")
+        if not await self._from_history(job.id):
+            self._event("lost", job.id, f"! lost: {reason}")
         self._write_job_log(job.id)
         self._notify()
 
@@ -451,7 +546,8 @@ class Runner:
                 message=f"the provider no longer knows request {current.request_id}: {decision.message}",
                 now=now,
             )
-            self._event("lost", job.id, f"! lost: request {current.request_id}")
+            if not await self._from_history(job.id):
+                self._event("lost", job.id, f"! lost: request {current.request_id}")
         elif decision.action == "fail_job" or (not refund and current.attempts_used >= self.settings.max_attempts):
             reason = (
                 decision.message
@@ -514,13 +610,17 @@ class Runner:
     async def _poll_one(self, job: JobRow, limit: asyncio.Semaphore) -> None:
         async with limit:
             try:
-                state = await self.client.status(job.status_url or "")
-                completed = await self.client.result(job.response_url or "") if state == "COMPLETED" else None
+                if job.id in self.past_ttl:
+                    completed = await self._poll_history(job)
+                else:
+                    state = await self.client.status(job.status_url or "")
+                    completed = await self.client.result(job.response_url or "") if state == "COMPLETED" else None
             except AnswerError as exc:
                 await self._poll_failed(job, exc.decision)
                 return
         if completed is None:
             return
+        self.past_ttl.discard(job.id)
         now = self.clock()
         self.store.mark_completed(job.id, completed.cost_micros, completed.video_url, now)
         if job.submitted_at is not None:
@@ -541,9 +641,24 @@ class Runner:
         anything else (no answer, 5xx, 429, junk) leaves the request with the provider, asked again next round."""
         if decision.action == "stop_run":
             self._stop("provider", f"stopped by the provider: {decision.message}")
+        elif decision.action == "lost" and self.client.history_url and job.id not in self.past_ttl:
+            # Past its TTL the status endpoints forget a request; the history keeps it: follow it there.
+            self.past_ttl.add(job.id)
+            self._event("info", job.id, f"↻ request {job.request_id} past its TTL: following it in the history")
         elif decision.action in ("lost", "fail_job") or decision.status == 422:
             self.watching.pop(job.id, None)
             await self._attempt_failed(job, decision)
+
+    async def _poll_history(self, job: JobRow) -> Completed | None:
+        """A request past the status endpoints' TTL, followed by its row in the request history."""
+        row = await self.client.history_get(job.request_id or "")
+        if row is None:
+            raise AnswerError(Decision("lost", "unknown", "the request history does not know it either", 404))
+        if row.status == "FAILED":
+            raise AnswerError(Decision("retry", "no", "the request history says it FAILED", 422))
+        if row.status != "COMPLETED":
+            return None
+        return Completed(row.request_id, row.generation_url, row.cost_micros)
 
     # --- downloading --------------------------------------------------------------------------------------
 

@@ -496,6 +496,101 @@ class Store:
                 (not_before, message, give_up, now, job_id),
             )
 
+    def unresolved_ambiguous(self, job_id: str) -> AttemptRow | None:
+        """The job's latest attempt that may have been billed and that the request history has not yet settled."""
+        row = self.db.execute(
+            "SELECT * FROM attempts WHERE job_id = ? AND money = 'ambiguous' AND outcome IN ('retry', 'ambiguous') "
+            "ORDER BY id DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        return AttemptRow(**dict(row)) if row else None
+
+    def adopt(self, job_id: str, attempt_id: int, request_id: str, urls: tuple[str, str], now: float) -> None:
+        """The request history shows the ambiguous attempt's request: the job carries on with it, no new POST.
+
+        The attempt's money goes back from possibly billed to reserved, to be settled when it completes.
+        """
+        with self.transaction() as db:
+            reserved = db.execute("SELECT reserved_micros FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
+            db.execute(
+                "UPDATE money SET ambiguous_micros = ambiguous_micros - ?, reserved_micros = reserved_micros + ?",
+                (reserved, reserved),
+            )
+            db.execute(
+                "UPDATE attempts SET money = 'reserved', settled_micros = 0, outcome = NULL, request_id = ?, "
+                "message = 'found in the provider''s request history: adopted, not submitted again' WHERE id = ?",
+                (request_id, attempt_id),
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'submitted', request_id = ?, status_url = ?, response_url = ?, "
+                "open_attempt = ?, submitted_at = ?, not_before = 0, updated_at = ?, possibly_billed_twice = EXISTS "
+                "(SELECT 1 FROM attempts WHERE job_id = ? AND id != ? AND money = 'ambiguous') WHERE id = ?",
+                (request_id, *urls, attempt_id, now, now, job_id, attempt_id, job_id),
+            )
+
+    def close_ambiguous(
+        self,
+        job_id: str,
+        attempt_id: int,
+        *,
+        billed: bool | None,
+        message: str,
+        now: float,
+        request_id: str | None = None,
+    ) -> None:
+        """What the request history says of an ambiguous attempt: not billed (``False``: FAILED there), or still
+        unknown (``None``: not there after the lag allowance; it stays possibly billed). Either way it is settled
+        for good, and the job is submitted again."""
+        with self.transaction() as db:
+            if billed is False:
+                reserved = db.execute("SELECT reserved_micros FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
+                db.execute("UPDATE money SET ambiguous_micros = ambiguous_micros - ?", (reserved,))
+                db.execute(
+                    "UPDATE attempts SET money = 'released', settled_micros = 0, outcome = 'not_billed', message = ?, "
+                    "request_id = ? WHERE id = ?",
+                    (message, request_id, attempt_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE attempts SET outcome = 'unresolved', message = ? WHERE id = ?", (message, attempt_id)
+                )
+            db.execute(
+                "UPDATE jobs SET possibly_billed_twice = EXISTS (SELECT 1 FROM attempts WHERE job_id = ? "
+                "AND money = 'ambiguous'), updated_at = ? WHERE id = ?",
+                (job_id, now, job_id),
+            )
+
+    def defer(self, job_id: str, not_before: float, now: float) -> None:
+        """Leave a pending job alone until ``not_before``."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET not_before = ?, updated_at = ? WHERE id = ?", (not_before, now, job_id))
+
+    def recovered(self, job_id: str, video_url: str, cost_micros: int | None, now: float) -> None:
+        """The request history has the clip of a lost job: settle it with the provider's figure, go download it."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM attempts WHERE job_id = ? AND outcome = 'lost' ORDER BY id DESC LIMIT 1", (job_id,)
+            ).fetchone()
+            if row is not None:
+                cost = row["reserved_micros"] if cost_micros is None else cost_micros
+                column = "ambiguous_micros" if row["money"] == "ambiguous" else "settled_micros"
+                db.execute(f"UPDATE money SET {column} = {column} - ?", (row["settled_micros"],))
+                db.execute("UPDATE money SET settled_micros = settled_micros + ?", (cost,))
+                db.execute(
+                    "UPDATE attempts SET money = 'settled', settled_micros = ?, outcome = 'ok', "
+                    "message = 'recovered from the provider''s request history' WHERE id = ?",
+                    (cost, row["id"]),
+                )
+            db.execute(
+                "UPDATE jobs SET state = 'downloading', video_url = ?, reason = NULL, download_failures = 0, "
+                "not_before = 0, completed_at = ?, updated_at = ? WHERE id = ?",
+                (video_url, now, now, job_id),
+            )
+
+    def owned_request_ids(self) -> set[str]:
+        """Every request id some job of the run already owns."""
+        return {row[0] for row in self.db.execute("SELECT request_id FROM attempts WHERE request_id IS NOT NULL")}
+
     def mark_lost(self, job_id: str, reason: str, now: float) -> None:
         """A paid clip that cannot be fetched any more: only ``batchgen retry --lost`` pays for it again."""
         with self.transaction() as db:

@@ -114,6 +114,8 @@ async def _drive(
         "0.02",
         "--max-attempts",
         "40",
+        "--history-lag-s",
+        "0.3",
         "--no-progress",
     )
     report = ChaosReport(transport, jobs, sig.name, budget_micros=budget_micros)

@@ -31,22 +31,25 @@ async def run_in_process(
     *,
     key: str = DEFAULT_KEY,
     events: list[Event] | None = None,
+    history: bool = True,
     **settings: object,
 ) -> RunResult:
     """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given."""
     manifest = load_manifest(manifest_path)
     jobs = expand(manifest)
+    history_url = sim.base_url if history else None
     options: dict[str, object] = {
         "concurrency": manifest.concurrency,
         "rpm": 10_000,
         "poll_interval_s": 0.01,
         "backoff_base_s": 0.0,
         "budget_micros": None if manifest.budget_usd is None else micros(manifest.budget_usd),
+        "history_lag_s": 0.5,
     }
     options.update(settings)
     run_settings = RunSettings(**options)  # type: ignore[arg-type]
     with open_run(out, manifest, jobs, run_settings.budget_micros) as (run_dir, store):
-        async with Client(sim.base_url, key, manifest.model.slug) as client:
+        async with Client(sim.base_url, key, manifest.model.slug, history_url=history_url) as client:
             runner = Runner(store, run_dir, client, manifest.model, run_settings, on_event=(events or []).append)
             return await runner.run()
 
@@ -69,7 +72,7 @@ def cli_env(sim: Simulator | None, key: str = DEFAULT_KEY) -> dict[str, str]:
     """The environment of a CLI subprocess aimed at ``sim``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMIND_")}
     if sim is not None:
-        env.update(SEGMIND_API_KEY=key, SEGMIND_BASE_URL=sim.base_url)
+        env.update(SEGMIND_API_KEY=key, SEGMIND_BASE_URL=sim.base_url, SEGMIND_HISTORY_URL=sim.base_url)
     return env
 
 

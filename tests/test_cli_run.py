@@ -133,7 +133,7 @@ async def test_plain_http_to_another_machine_is_refused(tmp_path: Path) -> None:
 async def test_lost_jobs_come_back_only_through_retry_lost(make_sim, write_manifest, tmp_path: Path) -> None:
     sim = await make_sim(SimSettings(latency_s=1, ttl_s=0.05))
     path, out = write_manifest(batch_manifest(1)), tmp_path / "out"
-    args = ("run", str(path), "--out", str(out), "--poll-interval-s", "0.1", "--no-progress")
+    args = ("run", str(path), "--out", str(out), "--poll-interval-s", "0.1", "--history-url", "off", "--no-progress")
     first = await run_cli_async(*args, env=cli_env(sim))
     assert first.code == 1, first.stderr
     status = await run_cli_async("status", "--out", str(out), env=cli_env(sim))

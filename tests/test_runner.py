@@ -160,7 +160,7 @@ async def test_bad_request_fails_the_job_for_good(make_sim, write_manifest, tmp_
 async def test_an_expired_request_becomes_lost(make_sim, write_manifest, tmp_path: Path) -> None:
     sim = await make_sim(SimSettings(latency_s=5, ttl_s=0.05))
     path = write_manifest(batch_manifest(2))
-    result = await run_in_process(path, tmp_path / "out", sim, poll_interval_s=0.1)
+    result = await run_in_process(path, tmp_path / "out", sim, poll_interval_s=0.1, history=False)
     assert (result.exit_code, result.counts["lost"]) == (ExitCode.JOBS_FAILED, 2)
     store = read_state(tmp_path / "out")
     for job in store.jobs():
@@ -172,7 +172,7 @@ async def test_an_expired_request_becomes_lost(make_sim, write_manifest, tmp_pat
 async def test_dropped_submit_is_possibly_billed_twice(make_sim, write_manifest, tmp_path: Path) -> None:
     sim = await make_sim(faults=FaultPlan(script={("submit", 1): Fault("drop")}))
     path = write_manifest(batch_manifest(1))
-    result = await run_in_process(path, tmp_path / "out", sim)
+    result = await run_in_process(path, tmp_path / "out", sim, history=False)
     assert result.exit_code == ExitCode.OK
     store = read_state(tmp_path / "out")
     (job,) = store.jobs()

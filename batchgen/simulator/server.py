@@ -25,7 +25,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -58,6 +58,7 @@ class SimSettings:
     fault_429_reset_s: float = 1.0  # how far ahead an injected 429 sets the reset time
     slow_first_byte_s: float = 1.0
     video_size_bytes: int = 0  # pad every video to this size (0: the clip's own few kB)
+    history_lag_s: float = 0.0  # how long after its submit a request shows in the request history
     forbidden_keys: tuple[str, ...] = ()
     retired_models: tuple[str, ...] = ()
     seed: int = 0
@@ -120,6 +121,8 @@ class Simulator:
                 web.get("/v2/requests/{request_id}", self.result),
                 web.get("/files/{request_id}.mp4", self.download),
                 web.get("/v1/get-user-credits", self.credits),
+                web.get("/inference-request/request-history", self.history_list),
+                web.get("/inference-request/request-history/{request_id}", self.history_get),
                 web.get("/_sim/ledger", self.ledger_json),
                 web.post("/_sim/credits", self.top_up_json),
             ]
@@ -442,6 +445,82 @@ class Simulator:
         # The picture follows the prompt and the request, so that two takes of one prompt differ too.
         palette = palette_of(f"{generation.payload.get('prompt')}:{generation.request_id}")
         return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette)
+
+    # --- the request history (Segmind's SDK: generations.py) ------------------------------------------------
+
+    def _history_row(self, generation: Generation, origin: str) -> dict[str, Any]:
+        state = generation.status_at(self.clock())
+        completed = state == "COMPLETED"
+        return {
+            "request_id": generation.request_id,
+            "model_name": generation.model,
+            "model_status": "PENDING" if state in ("QUEUED", "PROCESSING") else state,
+            "credits_deduction": usd(generation.price_micros) if completed else 0.0,
+            "request_body": generation.payload,
+            "generation_url": f"{origin}/files/{generation.request_id}.mp4" if completed else None,
+            "latency_ms": round((generation.due - generation.created) * 1000) if generation.settled else None,
+            "created_at": _utc(generation.created),
+            "updated_at": _utc(generation.due if generation.settled else generation.created),
+            "error": "Generation failed: content could not be rendered" if state == "FAILED" else None,
+        }
+
+    def _visible(self, generation: Generation, key: str) -> bool:
+        return generation.key == key and self.clock() >= generation.created + self.settings.history_lag_s
+
+    async def history_list(self, request: web.Request) -> web.StreamResponse:
+        """``GET /inference-request/request-history``: every request of the key, paginated, in a date window."""
+        key = request.headers.get("x-api-key", "")
+        refused = self._check_key(request, key)
+        if refused:
+            return refused
+        self._advance()
+        query = request.query
+        try:
+            page, per_page = int(query.get("page", "1")), int(query.get("per_page", "100"))
+            today = datetime.fromtimestamp(self.clock(), UTC).date()
+            to_date = date.fromisoformat(query["to_date"]) if "to_date" in query else today
+            from_date = date.fromisoformat(query["from_date"]) if "from_date" in query else to_date - timedelta(days=7)
+        except ValueError:
+            return _error(400, "page and per_page are whole numbers; dates are YYYY-MM-DD")
+        if page < 1 or not 1 <= per_page <= 100:
+            return _error(400, "page starts at 1; per_page is between 1 and 100")
+        if not timedelta(0) <= to_date - from_date <= timedelta(days=31):
+            return _error(400, "the date window is at most 31 days, from_date before to_date")
+        origin = _origin(request)
+        rows = [
+            self._history_row(g, origin)
+            for g in self.generations.values()
+            if self._visible(g, key) and from_date <= datetime.fromtimestamp(g.created, UTC).date() <= to_date
+        ]
+        rows = [
+            row
+            for row in rows
+            if query.get("model_name") in (None, row["model_name"])
+            and query.get("status") in (None, row["model_status"])
+        ]
+        rows.sort(key=lambda row: row["created_at"], reverse=query.get("sort_order", "desc") == "desc")
+        start = (page - 1) * per_page
+        return web.json_response(
+            {
+                "data": rows[start : start + per_page],
+                "page": page,
+                "per_page": per_page,
+                "total": len(rows),
+                "total_pages": max(1, -(-len(rows) // per_page)),
+            }
+        )
+
+    async def history_get(self, request: web.Request) -> web.StreamResponse:
+        """``GET /inference-request/request-history/{id}``: one request, of any age."""
+        key = request.headers.get("x-api-key", "")
+        refused = self._check_key(request, key)
+        if refused:
+            return refused
+        self._advance()
+        generation = self.generations.get(request.match_info["request_id"])
+        if generation is None or not self._visible(generation, key):
+            return _error(404, "Request not found")
+        return web.json_response(self._history_row(generation, _origin(request)))
 
     # --- account and books over HTTP ----------------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""The provider's books next to the state's: `batchgen reconcile`.
+
+For the run's time window, the request history (every request of the account, billed or not) is matched with the
+request ids the state knows: requests the provider billed that the state does not know (matched to jobs by their
+payload where possible), jobs the state thinks paid that the provider does not show, and both totals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchgen.canonical import canonical_json
+from batchgen.client import Client
+from batchgen.pricing import usd
+from batchgen.store import Store
+
+
+async def reconcile(store: Store, client: Client) -> dict[str, Any]:
+    """The comparison, as JSON data; ``agree`` says whether the books match."""
+    attempts = store.all_attempts()
+    since = min((a.started_at for a in attempts), default=None)
+    rows = await client.history_since(since) if since is not None else []
+    billed = {row.request_id: row for row in rows if row.status == "COMPLETED" and (row.cost_micros or 0) > 0}
+    paid = {a.request_id: a for a in attempts if a.request_id and a.money == "settled"}
+    by_payload = {canonical_json(job.payload): job.id for job in store.jobs()}
+    unknown = [
+        {
+            "request_id": row.request_id,
+            "cost_usd": usd(row.cost_micros or 0),
+            "job": by_payload.get(canonical_json(row.request_body)),
+        }
+        for row in billed.values()
+        if row.request_id not in paid
+    ]
+    missing = [
+        {"request_id": rid, "job": attempt.job_id, "cost_usd": usd(attempt.settled_micros)}
+        for rid, attempt in paid.items()
+        if rid not in billed
+    ]
+    provider_micros = sum(row.cost_micros or 0 for row in billed.values())
+    state_micros = sum(a.settled_micros for a in paid.values())
+    money = store.money()
+    return {
+        "window_from": since,
+        "provider_requests": len(rows),
+        "provider_billed_usd": usd(provider_micros),
+        "state_settled_usd": usd(state_micros),
+        "state_possibly_billed_usd": usd(money.ambiguous_micros),
+        "billed_unknown_to_state": unknown,
+        "paid_in_state_not_billed": missing,
+        "agree": not unknown and not missing and provider_micros == state_micros,
+    }
+
+
+def reconcile_text(data: dict[str, Any]) -> str:
+    """``reconcile`` for people."""
+    lines = [
+        f"provider: {data['provider_requests']} requests, ${data['provider_billed_usd']:.4f} billed; "
+        f"state: ${data['state_settled_usd']:.4f} settled (+ ${data['state_possibly_billed_usd']:.4f} possibly billed)"
+    ]
+    for row in data["billed_unknown_to_state"]:
+        job = f" (job {row['job']}, by its payload)" if row["job"] else ""
+        lines.append(
+            f"  billed by the provider, unknown to the state: request {row['request_id']} ${row['cost_usd']}{job}"
+        )
+    for row in data["paid_in_state_not_billed"]:
+        lines.append(f"  paid in the state, not billed by the provider: request {row['request_id']} (job {row['job']})")
+    lines.append("the books agree" if data["agree"] else "the books differ")
+    return "\n".join(lines)
