@@ -346,18 +346,7 @@ def _add_run(commands: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     manifest, jobs = _load(args.manifest, args.max_jobs)
     settings = _run_settings(args, manifest)
-    target = (
-        None
-        if args.simulate
-        else resolve_target(
-            manifest,
-            base_url_flag=args.base_url,
-            key_env=args.api_key_env,
-            environ=os.environ,
-            allow_insecure_http=args.allow_insecure_http,
-            history_url_flag=args.history_url,
-        )
-    )
+    target = None if args.simulate else _target(args, manifest)
     root = run_root(manifest, args.out)
     with open_run(root, manifest, jobs, settings.budget_micros) as (run_dir, store):
         progress = Progress(len(jobs), settings.budget_micros, enabled=not args.no_progress)
@@ -370,6 +359,18 @@ def _run(args: argparse.Namespace) -> int:
         write_report(store, run_dir)
     _print_result(result, root)
     return int(result.exit_code)
+
+
+def _target(args: argparse.Namespace, manifest: Manifest) -> Target:
+    """Where to send requests, from the flags shared by run and reconcile."""
+    return resolve_target(
+        manifest,
+        base_url_flag=args.base_url,
+        key_env=args.api_key_env,
+        environ=os.environ,
+        allow_insecure_http=args.allow_insecure_http,
+        history_url_flag=args.history_url,
+    )
 
 
 def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
@@ -571,14 +572,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     with open_state(root) as (_, store):
         manifest_path = args.manifest or store.get_meta("manifest")
         manifest = load_manifest(manifest_path, max_jobs=sys.maxsize)
-        target = resolve_target(
-            manifest,
-            base_url_flag=args.base_url,
-            key_env=args.api_key_env,
-            environ=os.environ,
-            allow_insecure_http=args.allow_insecure_http,
-            history_url_flag=args.history_url,
-        )
+        target = _target(args, manifest)
         if target.history_url is None:
             raise UsageError("reconcile needs the request history: give --history-url")
 

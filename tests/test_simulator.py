@@ -11,7 +11,7 @@ import aiohttp
 import av
 import pytest
 
-from batchgen.simulator import DEFAULT_KEY, Fault, FaultPlan, SimSettings, Simulator, parse_script
+from batchgen.simulator import DEFAULT_KEY, Fault, FaultPlan, SimSettings, parse_script
 from batchgen.simulator.clips import make_clip
 
 MODEL = "kling-3-standard-text2video"
@@ -27,21 +27,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def make_sim() -> AsyncIterator:
-    started: list[Simulator] = []
-
-    async def make(settings: SimSettings | None = None, faults: FaultPlan | None = None, clock=None) -> Simulator:
-        sim = Simulator(settings, faults, clock=clock) if clock else Simulator(settings, faults)
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        await sim.close()
 
 
 @pytest.fixture
