@@ -1,6 +1,7 @@
 """What an answer of the provider means: one pure function over the table of ``segmind-api.md``.
 
-``classify(phase, status, headers, body)`` → :class:`Decision`. ``status`` is ``None`` when no answer arrived
+``classify(phase, status, headers, body)`` → :class:`Decision`, where ``phase`` is one of submit, poll, result,
+download, credits or history. ``status`` is ``None`` when no answer arrived
 (``body`` then says whether the request was surely not sent: ``"unsent"``). Nothing else in batchgen looks at a
 status code.
 
@@ -27,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-PHASES = ("submit", "poll", "result", "download", "credits")
 MAX_PAUSE_S = 3600.0
 
 

@@ -30,7 +30,7 @@ from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
 from batchgen.client import AnswerError, Client, Completed, HistoryRow
 from batchgen.decisions import Decision
-from batchgen.errors import BatchgenError, ExitCode, OutputError, ProtocolError
+from batchgen.errors import BatchgenError, ExitCode, ProtocolError
 from batchgen.models import Model
 from batchgen.outputs import PartFile, RunDir, RunLog, compare, job_log, write_json
 from batchgen.pricing import clip_spec, format_usd
@@ -756,12 +756,8 @@ class Runner:
         error = task.exception()
         if error is not None and self._failure is None:
             self._failure = error
-            kind = "error"
-            if isinstance(error, OutputError):
-                kind = "output"
-            self._stop(
-                kind, f"stopped: {error}" if isinstance(error, BatchgenError) else f"stopped by a bug: {error!r}"
-            )
+            message = f"stopped: {error}" if isinstance(error, BatchgenError) else f"stopped by a bug: {error!r}"
+            self._stop("error", message)  # run() raises the error itself once everything is parked
             self.stop.hard = True
 
     async def _cancel_posts(self) -> None:

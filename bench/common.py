@@ -84,3 +84,25 @@ def env_for(url: str) -> dict[str, str]:
 def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
     """min / median / max."""
     return f"{min(values):.{digits}f} / {statistics.median(values):.{digits}f} / {max(values):.{digits}f}{unit}"
+
+
+def start_run(path: Path, out: Path, url: str, *args: str) -> subprocess.Popen[bytes]:
+    """`batchgen run` in the background, its output discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--no-progress", *args],
+        cwd=ROOT,
+        env=env_for(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for_log(
+    process: subprocess.Popen[bytes], run_log: Path, text: str, count: int = 1, every_s: float = 0.01
+) -> None:
+    """Wait until ``text`` stands ``count`` times in run.log, looking every ``every_s`` (an error if the run ends
+    first)."""
+    while not (run_log.exists() and run_log.read_text().count(text) >= count):
+        if process.poll() is not None:
+            raise RuntimeError(f"the run ended before {count} × {text!r} in {run_log}")
+        time.sleep(every_s)

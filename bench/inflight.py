@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, env_for, manifest, simulator_process
+from bench.common import manifest, simulator_process, start_run, wait_for_log
 
 JOBS, LATENCY_S, WINDOW_S = 2000, 30.0, 10.0
 
@@ -29,28 +28,9 @@ def waiting_cpu_share(poll_interval_s: float = 5.0) -> float:
     with simulator_process("--latency-s", str(LATENCY_S)) as url, tempfile.TemporaryDirectory() as tmp:
         path = manifest(Path(tmp) / "m.yaml", JOBS, concurrency=JOBS, name="inflight")
         out = Path(tmp) / "out"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "batchgen",
-                "run",
-                str(path),
-                "--out",
-                str(out),
-                "--poll-interval-s",
-                str(poll_interval_s),
-                "--no-progress",
-            ],
-            cwd=ROOT,
-            env=env_for(url),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_run(path, out, url, "--poll-interval-s", str(poll_interval_s))
         try:
-            log = out / "run.log"
-            while not (log.exists() and log.read_text().count("→ submitted") >= JOBS):
-                time.sleep(0.2)
+            wait_for_log(process, out / "run.log", "→ submitted", JOBS, every_s=0.2)
             before, started = _cpu_s(process.pid), time.monotonic()
             time.sleep(WINDOW_S)
             return (_cpu_s(process.pid) - before) / (time.monotonic() - started)

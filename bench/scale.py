@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from batchgen import expand, load_manifest
 from batchgen.launch import open_run
-from bench.common import ROOT, cli, env_for, manifest, simulator_process
+from bench.common import cli, manifest, simulator_process, start_run, wait_for_log
 
 BIG, HUGE, LEFT = 10_000, 100_000, 100
 
@@ -42,29 +41,8 @@ def huge_run_dir(tmp: Path) -> tuple[Path, Path]:
 
 def first_submit(path: Path, out: Path, url: str) -> float:
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(path),
-            "--out",
-            str(out),
-            "--max-jobs",
-            str(HUGE),
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        env=env_for(url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    log = out / "run.log"
-    while not (log.exists() and "→ submit" in log.read_text()):
-        if process.poll() is not None:
-            raise RuntimeError("the run ended before submitting")
-        time.sleep(0.005)
+    process = start_run(path, out, url, "--max-jobs", str(HUGE))
+    wait_for_log(process, out / "run.log", "→ submit", every_s=0.005)
     elapsed = time.perf_counter() - started
     process.send_signal(signal.SIGTERM)
     process.wait()
