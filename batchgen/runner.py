@@ -5,8 +5,8 @@ One loop, four kinds of task:
 - the **submitter** takes pending jobs in manifest order; for each it waits for a free slot (concurrency), a rate
   token (submits per minute; a 429 closes the gate for everyone until its reset time) and a budget reservation
   (one transaction with the ``submitting`` mark), then POSTs in a task of its own;
-- v2: one **poller** checks every submitted job each interval (bounded parallel GETs); a job's slot is freed when
-  the provider says it finished;
+- one **poller** checks every submitted job each interval (bounded parallel GETs); a job's slot is freed when
+  the provider says it finished (v2 submits; in a v1 run, requests adopted from the history or left by a v2 run);
 - a bounded pool of **downloaders** streams videos to ``.part``, checks them (in a thread) and renames them;
 - v1: the POST itself waits for the video; its slot is held for the whole call.
 
@@ -196,8 +196,9 @@ class Runner:
             if self.settings.check_credits:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
-            if self.settings.transport == "v2":
-                workers.append(asyncio.create_task(self._poll_loop()))
+            # Every run polls: a v1 run may hold submitted requests too (adopted from the history, or left by an
+            # earlier v2 run of the same directory); with nothing to watch the poller just waits.
+            workers.append(asyncio.create_task(self._poll_loop()))
             for worker in workers:
                 worker.add_done_callback(self._collect)  # a worker that dies stops the run, loudly
             try:

@@ -164,3 +164,22 @@ async def test_demo_with_simulate(tmp_path: Path) -> None:
     )
     assert done.code == 0, done.stderr
     assert_all_done(tmp_path / "demo", 6)
+
+
+async def test_a_batch_parked_under_v2_finishes_under_v1(make_sim, write_manifest, tmp_path: Path) -> None:
+    """Switching transports between runs: the v1 run polls the v2 requests it inherits instead of waiting forever."""
+    sim = await make_sim(SimSettings(latency_s=0.5))
+    path, out = write_manifest(batch_manifest(6, extra="concurrency: 3\n")), tmp_path / "out"
+    args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--no-progress")
+    process = await start_cli(*args, "--transport", "v2", env=cli_env(sim))
+    await _wait_for_lines(out / "run.log", "→ submitted", 3)
+    process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 130, err.decode()
+    store = read_state(out)
+    assert store.counts()["submitted"] >= 1
+    store.close()
+    done = await run_cli_async(*args, "--transport", "v1", env=cli_env(sim))
+    assert done.code == 0, done.stderr
+    assert_all_done(out, 6)
+    assert all(posts == 1 for posts in _accepted_posts(sim).values()) and len(sim.account().charges) == 6
