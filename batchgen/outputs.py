@@ -1,19 +1,23 @@
 """The run directory: its lock, atomic files, verified videos, per-job logs and ``run.log``.
 
-A video is streamed to ``videos/<job>.mp4.part``, hashed as it comes, fsynced, probed with PyAV, and only then
-renamed to ``videos/<job>.mp4``: a file named ``.mp4`` is always whole, and a ``.part`` is never trusted.
+A video is streamed to ``videos/<job>.mp4.part``, hashed as it comes, probed with PyAV, made durable, and only then
+renamed to ``videos/<job>.mp4``: a file named ``.mp4`` is always whole, and a ``.part`` is never trusted. Videos
+finished together are placed together (group commit): one ``syncfs`` for all their bytes, the renames, one fsync of
+the directory; a batch of one fsyncs its file instead.
 Every file is private (directories 0700, files 0600): prompts can be confidential.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -137,34 +141,9 @@ class PartFile:
         """The hash of what was written."""
         return self._digest.hexdigest()
 
-    def sync(self) -> None:
-        """Flush the bytes to disk and close the file."""
-        try:
-            os.fsync(self._fd)
-        except OSError as exc:
-            self.discard()
-            raise _output_error(exc, self.part) from None
-        finally:
-            self._close()
-
-    def finalize(self) -> dict[str, Any]:
-        """Sync, check that it is a video, and place it; its probe. Blocking: run it in a thread.
-
-        ``ProtocolError`` (not a video) or ``OutputError`` (the disk) leave no ``.part`` behind.
-        """
-        try:
-            self.sync()
-            probe = probe_video(self.part)
-        except BaseException:
-            self.discard()
-            raise
-        self.place()
-        return probe
-
-    def place(self) -> None:
-        """Rename the checked ``.part`` to its final name, and make the rename durable."""
-        os.replace(self.part, self.final)
-        _fsync_dir(self.final.parent)
+    def close(self) -> None:
+        """Stop writing: every byte is handed to the kernel (not yet durable: see ``place_videos``)."""
+        self._close()
 
     def discard(self) -> None:
         """Forget a broken or unwanted ``.part``."""
@@ -177,8 +156,12 @@ class PartFile:
             self._fd = -1
 
 
-def probe_video(path: Path) -> dict[str, Any]:
-    """What the file really is, read with PyAV; ``ProtocolError`` when it is no video at all."""
+def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
+    """What the file really is, read with PyAV; ``ProtocolError`` when it is no video at all.
+
+    With ``poster``, also a JPEG still from its middle, from the same reading (best effort: a video without one is
+    still a video).
+    """
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -190,13 +173,17 @@ def probe_video(path: Path) -> dict[str, Any]:
                 seconds = container.duration / 1_000_000
             else:
                 seconds = 0.0
-            return {
+            probe = {
                 "duration_s": round(seconds, 3),
                 "width": video.codec_context.width,
                 "height": video.codec_context.height,
                 "codec": video.codec_context.name,
                 "audio": bool(container.streams.audio),
             }
+            if poster is not None:
+                with contextlib.suppress(av.FFmpegError, OSError, ProtocolError):
+                    _write_poster(container, seconds / 2, poster)
+            return probe
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"the download is not a playable video: {exc}") from None
 
@@ -206,22 +193,100 @@ def make_poster(video: Path, poster: Path) -> None:
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         middle = float(stream.duration * stream.time_base) / 2 if stream.duration and stream.time_base else 0.0
-        frame = None
-        for frame in container.decode(stream):
-            if frame.time is not None and frame.time >= middle:
-                break
-        if frame is None:
-            raise ProtocolError(f"{video.name} has no frame to show")
-        encoder = av.CodecContext.create("mjpeg", "w")
-        encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
-        if stream.time_base is not None:
-            encoder.time_base = stream.time_base
-        packets = encoder.encode(frame.reformat(format="yuvj420p")) + encoder.encode(None)
+        _write_poster(container, middle, poster)
+
+
+def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1  # one small decode; the callers already run side by side
+    frame = None
+    for frame in container.decode(stream):
+        if frame.time is not None and frame.time >= middle_s:
+            break
+    if frame is None:
+        raise ProtocolError(f"{poster.stem} has no frame to show")
+    encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
+    if stream.time_base is not None:
+        encoder.time_base = stream.time_base
+    packets = encoder.encode(frame.reformat(format="yuvj420p")) + encoder.encode(None)
     temporary = poster.with_name(f".{poster.name}.tmp")
     fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "wb") as handle:
         handle.write(b"".join(bytes(packet) for packet in packets))
     os.replace(temporary, poster)
+
+
+def place_videos(parts: Sequence[PartFile], posters: Path | None) -> list[dict[str, Any] | ProtocolError]:
+    """Check, make durable and place received videos (closed ``PartFile``s of one directory), with one probe each
+    (and a poster in ``posters`` when given); blocking: run it in a thread.
+
+    Per part, its probe, or the ``ProtocolError`` that says it is no video (that ``.part`` is gone). Group commit:
+    the bytes of every good part are made durable together, then each is renamed, then the renames are made durable
+    together. An ``OutputError`` (the disk) leaves no ``.part`` of the batch behind and no ``.mp4`` unsynced.
+    """
+    results: list[dict[str, Any] | ProtocolError] = []
+    good: list[PartFile] = []
+    try:
+        for part in parts:
+            try:
+                probe = probe_video(part.part, None if posters is None else posters / f"{part.final.stem}.jpg")
+            except ProtocolError as exc:
+                part.discard()
+                results.append(exc)
+                continue
+            results.append(probe)
+            good.append(part)
+        if good:
+            _make_durable([part.part for part in good])
+            for part in good:
+                os.replace(part.part, part.final)
+            _fsync_dir(good[0].final.parent)
+    except OSError as exc:
+        for part in good:
+            part.discard()
+        raise _output_error(exc, parts[0].final.parent) from None
+    return results
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """The sha256 and size of a file already in place."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _make_durable(paths: Sequence[Path]) -> None:
+    """fsync one file; ``syncfs`` their file system for several (one journal commit instead of one each)."""
+    if len(paths) > 1 and _syncfs is not None:
+        fd = os.open(paths[0], os.O_RDONLY)
+        try:
+            if _syncfs(fd) != 0:
+                error = ctypes.get_errno()
+                raise OSError(error, os.strerror(error))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _find_syncfs() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs  # Linux ≥ 2.6.39 (glibc 2.14)
+    except (OSError, AttributeError):
+        return None  # elsewhere each file is fsynced on its own
+
+
+_syncfs = _find_syncfs()
 
 
 def compare(probe: dict[str, Any], spec: ClipSpec) -> list[str]:

@@ -17,6 +17,7 @@ finished or parked in the state, never dropped. Progress goes out through ``on_e
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import random
@@ -24,7 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
@@ -32,10 +33,21 @@ from batchgen.client import AnswerError, Client, Completed, HistoryRow
 from batchgen.decisions import Decision
 from batchgen.errors import BatchgenError, ExitCode, ProtocolError
 from batchgen.models import Model
-from batchgen.outputs import PartFile, RunDir, RunLog, compare, job_log, write_json
+from batchgen.outputs import (
+    PartFile,
+    RunDir,
+    RunLog,
+    compare,
+    hash_file,
+    job_log,
+    place_videos,
+    probe_video,
+    write_json,
+)
 from batchgen.pricing import clip_spec, format_usd
 from batchgen.store import AttemptRow, JobRow, Money, Store
 
+T = TypeVar("T")
 RATE_WINDOW_S = 60.0
 HISTORY_SKEW_S = 2.0  # the provider's clock may differ from ours by this much
 
@@ -78,6 +90,24 @@ class RunResult:
     counts: dict[str, int]
     money: Money
     stop_message: str | None = None
+
+
+async def _in_thread(function: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread`` that always runs ``function`` to its end and returns its result, for file work that
+    must not be dropped (a plain ``to_thread`` cancelled before its thread starts never runs: videos left unplaced,
+    logs unwritten). A cancel that arrives meanwhile is delivered again at the caller's next ``await``."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        task = asyncio.current_task()
+        if task is not None:
+            task.cancel()
+    return work.result()
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, draw: float) -> float:
@@ -124,14 +154,15 @@ class RateGate:
     def __init__(self, rpm: int, clock: Callable[[], float]) -> None:
         self.rpm = rpm
         self.clock = clock
-        self.sent: list[float] = []
+        self.sent: collections.deque[float] = collections.deque()
         self.paused_until = 0.0
 
     async def acquire(self) -> None:
         """Wait until a submit may go, and count it."""
         while True:
             now = self.clock()
-            self.sent = [t for t in self.sent if t > now - RATE_WINDOW_S]
+            while self.sent and self.sent[0] <= now - RATE_WINDOW_S:
+                self.sent.popleft()
             wait = max(
                 self.paused_until - now, (self.sent[0] + RATE_WINDOW_S - now) if len(self.sent) >= self.rpm else 0
             )
@@ -181,6 +212,7 @@ class Runner:
         self._stopped = asyncio.Event()
         self._timers: list[asyncio.TimerHandle] = []
         self._downloads: asyncio.Queue[str] = asyncio.Queue()
+        self._placing: asyncio.Queue[tuple[str, PartFile, asyncio.Future[None]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self._log = RunLog(run_dir.run_log)
@@ -191,11 +223,13 @@ class Runner:
         """Run until every job is finished or the run is stopped; the state says what is left."""
         try:
             self._resume()
+            await self._continue_downloads()
             for job in self.store.jobs(["lost"]):
                 await self._from_history(job.id)
             if self.settings.check_credits:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
+            workers.append(asyncio.create_task(self._place_loop()))
             # Every run polls: a v1 run may hold submitted requests too (adopted from the history, or left by an
             # earlier v2 run of the same directory); with nothing to watch the poller just waits.
             workers.append(asyncio.create_task(self._poll_loop()))
@@ -258,14 +292,36 @@ class Runner:
             self.watching[job.id] = job
             self.slots.take()
             self._event("info", job.id, f"↻ re-attached to request {job.request_id}")
+
+    async def _continue_downloads(self) -> None:
+        """Paid clips a stop caught between the provider and ``done``: placed already (a stop between the rename and
+        the state), to download again (v2), or lost unless the request history has them (a v1 answer)."""
         for job in self.store.jobs(["downloading"]):
+            if self.run_dir.video(job.id).exists() and await self._adopt_placed(job):
+                continue
             if job.video_url:
                 self._queue_download(job.id, 0)
             else:
                 message = f"paid (request {job.request_id}), but the run stopped before the v1 answer was saved"
-                self.store.mark_lost(job.id, message, now)
+                self.store.mark_lost(job.id, message, self.clock())
                 self._event("lost", job.id, f"! lost: {message}")
                 self._write_job_log(job.id)
+
+    async def _adopt_placed(self, job: JobRow) -> bool:
+        """A video placed (checked and durable) by a run stopped before marking its job done: done now."""
+        video = self.run_dir.video(job.id)
+        try:
+            probe = await asyncio.to_thread(probe_video, video)
+            sha256, size = await asyncio.to_thread(hash_file, video)
+        except (ProtocolError, OSError):
+            video.unlink(missing_ok=True)
+            return False
+        warnings = compare(probe, clip_spec(job.payload, self.model))
+        path = str(video.relative_to(self.run_dir.root))
+        self.store.mark_done_many([(job.id, path, sha256, probe, warnings)], self.clock())
+        self._event("done", job.id, f"← done: {path}, {size:,} bytes (placed before the last stop)")
+        self._write_job_log(job.id)
+        return True
 
     def _refresh_logs(self) -> None:
         """Rewrite the logs a stop left older than their job (killed between a change and its log)."""
@@ -696,16 +752,50 @@ class Runner:
             self._download_failed(job, str(exc), permanent=False)
 
     async def _finish_video(self, job_id: str, part: PartFile) -> None:
-        """Check, fsync and rename a received video, then mark the job done (invariant 3)."""
-        job = self.store.job(job_id)
-        probe = await asyncio.to_thread(part.finalize)  # fsync, probe and rename off the loop
-        warnings = compare(probe, clip_spec(job.payload, self.model))
-        path = str(part.final.relative_to(self.run_dir.root))
-        self.store.mark_done(job_id, path, part.sha256, probe, warnings, self.clock())
-        self.downloading.discard(job_id)
-        note = f" ({'; '.join(warnings)})" if warnings else ""
-        self._event("done", job_id, f"← done: {path}, {part.size:,} bytes{note}")
-        self._write_job_log(job_id)
+        """Hand a received video to the placer; return once it is checked, placed and its job done (invariant 3).
+        ``ProtocolError`` when it is no video."""
+        part.close()
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._placing.put_nowait((job_id, part, finished))
+        await finished
+
+    async def _place_loop(self) -> None:
+        """Group commit: the videos received while one batch is being placed make the next batch, placed with one
+        sync (off the loop) and marked done in one transaction."""
+        while True:
+            batch = [await self._placing.get()]
+            while not self._placing.empty():
+                batch.append(self._placing.get_nowait())
+            try:
+                results = await _in_thread(place_videos, [part for _, part, _ in batch], self.run_dir.posters)
+            except BaseException as exc:
+                for _, _, finished in batch:
+                    if finished.done():  # its waiter was cancelled
+                        continue
+                    if isinstance(exc, asyncio.CancelledError):
+                        finished.cancel()
+                    else:
+                        finished.set_exception(exc)
+                raise
+            placed = []
+            for (job_id, part, finished), result in zip(batch, results, strict=True):
+                if isinstance(result, ProtocolError):
+                    if not finished.done():
+                        finished.set_exception(result)
+                    continue
+                warnings = compare(result, clip_spec(self.store.job(job_id).payload, self.model))
+                path = str(part.final.relative_to(self.run_dir.root))
+                placed.append((job_id, path, part, result, warnings, finished))
+            self.store.mark_done_many(
+                [(job_id, path, part.sha256, probe, w) for job_id, path, part, probe, w, _ in placed], self.clock()
+            )
+            for job_id, path, part, _, warnings, finished in placed:
+                self.downloading.discard(job_id)
+                note = f" ({'; '.join(warnings)})" if warnings else ""
+                self._event("done", job_id, f"← done: {path}, {part.size:,} bytes{note}")
+                if not finished.done():
+                    finished.set_result(None)
+            await self._write_job_logs([job_id for job_id, *_ in placed])
 
     def _download_failed(self, job: JobRow, message: str, *, permanent: bool) -> None:
         failures = job.download_failures + 1
@@ -777,6 +867,16 @@ class Runner:
     def _write_job_log(self, job_id: str) -> None:
         log = job_log(self.store.job(job_id), self.store.attempts(job_id))
         write_json(self.run_dir.logs / f"{job_id}.json", log, durable=False)
+
+    async def _write_job_logs(self, job_ids: list[str]) -> None:
+        """Several jobs' logs, read here and written off the loop."""
+        logs = [(job_id, job_log(self.store.job(job_id), self.store.attempts(job_id))) for job_id in job_ids]
+
+        def write() -> None:
+            for job_id, log in logs:
+                write_json(self.run_dir.logs / f"{job_id}.json", log, durable=False)
+
+        await _in_thread(write)
 
     def _event(self, kind: str, job_id: str | None, message: str) -> None:
         """One state change: a line of run.log (glyphs → ← ↻ ! ?), and the progress callback."""

@@ -601,15 +601,16 @@ class Store:
             )
             db.execute("UPDATE jobs SET state = 'lost', reason = ?, updated_at = ? WHERE id = ?", (reason, now, job_id))
 
-    def mark_done(
-        self, job_id: str, video_path: str, sha256: str, probe: dict[str, Any], warnings: list[str], now: float
-    ) -> None:
-        """The video is checked, fsynced and renamed into place."""
+    def mark_done_many(self, placed: Sequence[tuple[str, str, str, dict[str, Any], list[str]]], now: float) -> None:
+        """Several videos placed together: ``(job id, video path, sha256, probe, warnings)`` each, one transaction."""
         with self.transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE jobs SET state = 'done', video_path = ?, sha256 = ?, probe = ?, warnings = ?, reason = NULL, "
                 "finished_at = ?, updated_at = ? WHERE id = ?",
-                (video_path, sha256, json.dumps(probe), json.dumps(warnings), now, now, job_id),
+                [
+                    (path, sha256, json.dumps(probe), json.dumps(warnings), now, now, job_id)
+                    for job_id, path, sha256, probe, warnings in placed
+                ],
             )
 
     def mark_skipped(self, job_id: str, reason: str, now: float) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from batchgen.errors import ExitCode
-from batchgen.runner import backoff_s
+from batchgen.runner import _in_thread, backoff_s
 from batchgen.simulator import Fault, FaultPlan, SimSettings, parse_script
+from batchgen.store import Store
 from tests.conftest import batch_manifest
 from tests.runs import assert_all_done, read_state, run_in_process
 
@@ -206,3 +210,50 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     assert [backoff_s(n, 2.0, 300.0, 1.0) for n in (1, 2, 3, 9, 20)] == [2.0, 4.0, 8.0, 300.0, 300.0]
     assert backoff_s(3, 2.0, 300.0, 0.5) == 4.0
     assert backoff_s(3, 0.0, 300.0, 0.9) == 0.0
+
+
+@pytest.mark.parametrize("transport", ["v2", "v1"])
+async def test_a_video_placed_just_before_a_stop_is_kept_not_bought_again(
+    make_sim, write_manifest, tmp_path: Path, transport: str
+) -> None:
+    """A stop between a video's rename and its ``done`` (the state still says downloading): the next run keeps the
+    file it placed instead of paying again (v1 answers have no URL to fetch again) or downloading it again."""
+    sim = await make_sim()
+    path = write_manifest(batch_manifest(3))
+    out = tmp_path / "out"
+    await run_in_process(path, out, sim, transport=transport)
+    store = Store.open(out / "state.db")
+    job = store.jobs(["done"])[0]
+    with store.transaction() as db:
+        db.execute(
+            "UPDATE jobs SET state = 'downloading', video_path = NULL, sha256 = NULL, probe = NULL, video_url = "
+            "CASE WHEN ? = 'v1' THEN NULL ELSE video_url END WHERE id = ?",
+            (transport, job.id),
+        )
+    store.close()
+    (out / "logs" / f"{job.id}.json").unlink()
+    downloads = sim.hits["/files/{request_id}.mp4"]
+    result = await run_in_process(path, out, sim, transport=transport)
+    assert result.exit_code == ExitCode.OK
+    assert_all_done(out, 3)
+    assert len(sim.account().charges) == 3 and sim.hits["/files/{request_id}.mp4"] == downloads
+    assert f"{job.id} ← done: videos/{job.id}.mp4" in (out / "run.log").read_text()
+    assert "placed before the last stop" in (out / "run.log").read_text()
+
+
+async def test_file_work_in_a_thread_runs_to_its_end_through_a_cancel() -> None:
+    """A cancel (a stop) that comes while the work waits for a free thread must not drop it: a batch of videos
+    half placed, or logs never written. Plain ``to_thread`` drops it; ``_in_thread`` runs it and is then cancelled."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    busy, ran = threading.Event(), []
+    blocker = asyncio.ensure_future(asyncio.to_thread(busy.wait))  # the only thread is taken
+    task = asyncio.create_task(_in_thread(ran.append, "placed"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    busy.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await blocker
+    assert ran == ["placed"]

@@ -1,0 +1,43 @@
+"""Placing received videos: checked, made durable together, renamed; a non-video never becomes an ``.mp4``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchgen.errors import ProtocolError
+from batchgen.outputs import PartFile, hash_file, place_videos
+from batchgen.simulator.clips import make_clip
+
+
+def _received(videos: Path, name: str, body: bytes) -> PartFile:
+    part = PartFile(videos / f"{name}.mp4")
+    part.write(body)
+    part.close()
+    return part
+
+
+def test_a_batch_is_placed_together_and_a_non_video_is_refused(tmp_path: Path) -> None:
+    videos, posters = tmp_path / "videos", tmp_path / "posters"
+    videos.mkdir()
+    posters.mkdir()
+    clip = make_clip(3, "16:9", False)
+    parts = [
+        _received(videos, "a", clip),
+        _received(videos, "junk", b"<html>not a video</html>"),
+        _received(videos, "b", make_clip(5, "1:1", True)),
+    ]
+    results = place_videos(parts, posters)
+    assert isinstance(results[1], ProtocolError)
+    assert results[0] == {"duration_s": 3.0, "width": 320, "height": 180, "codec": "h264", "audio": False}
+    assert results[2] == {"duration_s": 5.0, "width": 240, "height": 240, "codec": "h264", "audio": True}
+    assert sorted(path.name for path in videos.iterdir()) == ["a.mp4", "b.mp4"]  # no .part, no junk
+    assert hash_file(videos / "a.mp4") == (parts[0].sha256, len(clip))
+    assert sorted(path.name for path in posters.iterdir()) == ["a.jpg", "b.jpg"]
+    assert (posters / "a.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_a_batch_of_one_and_no_posters(tmp_path: Path) -> None:
+    part = _received(tmp_path, "only", make_clip(3, "9:16", False))
+    [probe] = place_videos([part], None)
+    assert isinstance(probe, dict) and (probe["width"], probe["height"]) == (180, 320)
+    assert [path.name for path in tmp_path.iterdir()] == ["only.mp4"]
