@@ -75,10 +75,16 @@ def resolve_target(
 
 def check_base_url(base_url: str, allow_insecure_http: bool) -> None:
     """Refuse anything but https, except plain http to loopback or with ``--allow-insecure-http``."""
-    url = URL(base_url)
-    if url.scheme not in ("http", "https") or not url.host:
+    try:
+        url = URL(base_url)
+        host = url.host  # yarl checks some parts (the port) only when they are read
+    except ValueError as exc:
+        raise UsageError(
+            f"the base URL {base_url!r} is not a valid URL ({exc}); write one such as {DEFAULT_BASE_URL}"
+        ) from None
+    if url.scheme not in ("http", "https") or not host:
         raise UsageError(f"the base URL {base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
-    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
         raise UsageError(
             f"the base URL {base_url} is plain http to another machine: the key would travel in clear text; "
             "use https, or pass --allow-insecure-http if you really mean it"

@@ -130,6 +130,13 @@ async def test_plain_http_to_another_machine_is_refused(tmp_path: Path) -> None:
     assert done.code == 2 and "--allow-insecure-http" in done.stderr
 
 
+async def test_a_malformed_base_url_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    env = {**cli_env(None), "SEGMIND_API_KEY": "k", "SEGMIND_BASE_URL": "http://127.0.0.1:8931http://127.0.0.1"}
+    done = await run_cli_async("run", str(MANIFESTS / "demo.yaml"), "--out", str(tmp_path / "o"), env=env)
+    assert done.code == 2 and "Traceback" not in done.stderr
+    assert "is not a valid URL" in done.stderr and "https://api.segmind.com" in done.stderr
+
+
 async def test_lost_jobs_come_back_only_through_retry_lost(make_sim, write_manifest, tmp_path: Path) -> None:
     sim = await make_sim(SimSettings(latency_s=1, ttl_s=0.05))
     path, out = write_manifest(batch_manifest(1)), tmp_path / "out"
