@@ -330,7 +330,12 @@ def _add_run(commands: Any) -> None:
         metavar="TIME",
         help="stop submitting when a job would end after TIME (HH:MM, the next such time, or an ISO date-time)",
     )
-    command.add_argument("--poll-interval-s", type=float, metavar="S", help="v2 poll interval (default 5)")
+    command.add_argument(
+        "--poll-interval-s",
+        type=float,
+        metavar="S",
+        help="seconds between polls of a submitted job outside the window in which jobs finish (default 5)",
+    )
     command.add_argument(
         "--backoff-base-s",
         type=float,

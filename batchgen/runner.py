@@ -5,8 +5,9 @@ One loop, four kinds of task:
 - the **submitter** takes pending jobs in manifest order; for each it waits for a free slot (concurrency), a rate
   token (submits per minute; a 429 closes the gate for everyone until its reset time) and a budget reservation
   (one transaction with the ``submitting`` mark), then POSTs in a task of its own;
-- one **poller** checks every submitted job each interval (bounded parallel GETs); a job's slot is freed when
-  the provider says it finished (v2 submits; in a v1 run, requests adopted from the history or left by a v2 run);
+- each submitted job is **polled** on its own schedule (``polling.py``: every interval, and often across the window
+  in which jobs finish once the run has seen some finish; bounded parallel GETs); a job's slot is freed when the
+  provider says it finished (v2 submits; in a v1 run, requests adopted from the history or left by a v2 run);
 - a bounded pool of **downloaders** streams videos to ``.part``, checks them (in a thread) and renames them;
 - v1: the POST itself waits for the video; its slot is held for the whole call.
 
@@ -44,6 +45,7 @@ from batchgen.outputs import (
     probe_video,
     write_json,
 )
+from batchgen.polling import PollSchedule
 from batchgen.pricing import clip_spec, format_usd
 from batchgen.store import AttemptRow, JobRow, Money, Store
 
@@ -206,6 +208,8 @@ class Runner:
         self.downloading: set[str] = set()
         self.past_ttl: set[str] = set()  # submitted jobs followed through the request history
         self.durations: list[float] = []
+        self.polls = PollSchedule(settings.poll_interval_s, self.random)
+        self._poll_limit = asyncio.Semaphore(settings.poll_parallel)
         self.warned_budget = False
         self.budget_skips = 0
         self._changed = asyncio.Event()
@@ -230,9 +234,6 @@ class Runner:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
             workers.append(asyncio.create_task(self._place_loop()))
-            # Every run polls: a v1 run may hold submitted requests too (adopted from the history, or left by an
-            # earlier v2 run of the same directory); with nothing to watch the poller just waits.
-            workers.append(asyncio.create_task(self._poll_loop()))
             for worker in workers:
                 worker.add_done_callback(self._collect)  # a worker that dies stops the run, loudly
             try:
@@ -244,7 +245,7 @@ class Runner:
                 for timer in self._timers:
                     timer.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-                await self._cancel_posts()
+                await self._cancel_tasks()
         finally:
             self._log.close()
         if self._failure is not None:
@@ -289,7 +290,7 @@ class Runner:
         self.run_dir.remove_stale_parts()
         self._refresh_logs()
         for job in self.store.jobs(["submitted"]):
-            self.watching[job.id] = job
+            self._watch(job, now)
             self.slots.take()
             self._event("info", job.id, f"↻ re-attached to request {job.request_id}")
 
@@ -445,7 +446,7 @@ class Runner:
             self._settled(job.id)
             self._queue_download(job.id, 0)
         else:
-            self.watching[job.id] = self.store.job(job.id)
+            self._watch(self.store.job(job.id), now)
             self.slots.take()
         self._write_job_log(job.id)
         self._notify()
@@ -488,7 +489,7 @@ class Runner:
         self._event("submit", job.id, f"→ submit (attempt {job.attempts_used + 1})")
         self.posting.add(job.id)
         post = self._post_v2(job) if self.settings.transport == "v2" else self._post_v1(job)
-        self._spawn(post, job.id)
+        self._spawn(post, f"post {job.id}")
 
     async def _over_budget(self, job: JobRow) -> None:
         money = self.store.money()
@@ -525,7 +526,7 @@ class Runner:
         now = self.clock()
         self.store.mark_submitted(job.id, submitted.request_id, submitted.status_url, submitted.response_url, now)
         self.posting.discard(job.id)
-        self.watching[job.id] = self.store.job(job.id)
+        self._watch(self.store.job(job.id), self.polls.next_at(now, now, len(self.watching) + 1))
         self._event("submitted", job.id, f"→ submitted: request {submitted.request_id}")
         self._notify()
 
@@ -654,15 +655,23 @@ class Runner:
 
     # --- polling (v2) -------------------------------------------------------------------------------------
 
-    async def _poll_loop(self) -> None:
-        limit = asyncio.Semaphore(self.settings.poll_parallel)
+    def _watch(self, job: JobRow, first_poll_at: float) -> None:
+        """Follow a submitted job until it finishes, in a small task of its own on the job's own poll schedule
+        (every run polls: a v1 run may hold submitted requests too, adopted from the history or left by a v2 run)."""
+        self.watching[job.id] = job
+        self._spawn(self._follow(job.id, first_poll_at), f"poll {job.id}")
+
+    async def _follow(self, job_id: str, at: float) -> None:
         while True:
-            if self.watching:
-                await asyncio.gather(*(self._poll_one(job, limit) for job in list(self.watching.values())))
-                jitter = 1 + self.random.uniform(-0.2, 0.2)
-                await asyncio.sleep(self.settings.poll_interval_s * jitter)
-            else:
-                await self._wait_for_change(None)
+            await asyncio.sleep(max(0.0, at - self.clock()))
+            job = self.watching.get(job_id)
+            if job is None:
+                return
+            await self._poll_one(job, self._poll_limit)
+            if job_id not in self.watching:
+                return
+            now = self.clock()
+            at = self.polls.next_at(job.submitted_at or now, now, len(self.watching))
 
     async def _poll_one(self, job: JobRow, limit: asyncio.Semaphore) -> None:
         async with limit:
@@ -682,6 +691,7 @@ class Runner:
         self.store.mark_completed(job.id, completed.cost_micros, completed.video_url, now)
         if job.submitted_at is not None:
             self.durations.append(now - job.submitted_at)
+            self.polls.observe(now - job.submitted_at)
         del self.watching[job.id]
         await self.slots.release()
         self._settled(job.id)
@@ -695,7 +705,7 @@ class Runner:
 
     async def _poll_failed(self, job: JobRow, decision: Decision) -> None:
         """A poll that did not say COMPLETED: a FAILED generation or a forgotten request ends the attempt;
-        anything else (no answer, 5xx, 429, junk) leaves the request with the provider, asked again next round."""
+        anything else (no answer, 5xx, 429, junk) leaves the request with the provider, asked again at its next poll."""
         if decision.action == "stop_run":
             self._stop("provider", f"stopped by the provider: {decision.message}")
         elif decision.action == "lost" and self.client.history_url and job.id not in self.past_ttl:
@@ -835,8 +845,8 @@ class Runner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], job_id: str) -> None:
-        task = asyncio.create_task(coroutine, name=f"post {job_id}")
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._collect)
 
@@ -851,7 +861,7 @@ class Runner:
             self._stop("error", message)  # run() raises the error itself once everything is parked
             self.stop.hard = True
 
-    async def _cancel_posts(self) -> None:
+    async def _cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,6 +1,7 @@
 """5. Many in flight: v2 with 2,000 jobs in flight at once and a 30 s latency; the runner's CPU use while it waits.
 
-Measured from /proc over a window after every job is submitted and before the first can finish.
+Measured from /proc over 20 s after every job is submitted and before the first can finish (several rounds of
+polls: a window shorter than the poll interval would see one round or none).
 Target: < 10 % of one core (polling must not spin).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import manifest, simulator_process, start_run, wait_for_log
 
-JOBS, LATENCY_S, WINDOW_S = 2000, 30.0, 10.0
+JOBS, LATENCY_S, WINDOW_S = 2000, 30.0, 20.0
 
 
 def _cpu_s(pid: int) -> float:

@@ -1,0 +1,63 @@
+"""When to ask the provider about a submitted v2 job: each job on its own schedule, from its expected finish.
+
+Until the run has seen a few jobs finish, every job is asked every ``interval`` (jittered, so that jobs submitted
+together do not poll together). After that, the durations of the last 200 finished jobs say in which window jobs
+finish (shortest to longest): a job is asked every ``interval`` before its window, at the window's start, twenty
+times across it, and every ``interval`` again after it. A finished job is then seen within a twentieth of the
+window instead of up to a whole interval later (the makespan), for at most twenty more polls a job.
+
+Between windows the interval stretches with the number of jobs in flight, so that they are asked at most
+``MAX_POLLS_PER_S`` times a second all together (2,000 in flight: each every 40 s): many jobs in flight cost the
+provider and this machine no more than fifty (about 5 % of a core here).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections import deque
+
+SAMPLES = 200  # the most recent durations kept
+MIN_SAMPLES = 5  # durations seen before the window is trusted
+STEPS_IN_WINDOW = 20
+MIN_STEP_S = 0.005
+JITTER = 0.2  # ± share of an interval
+MAX_POLLS_PER_S = 50.0
+
+
+class PollSchedule:
+    """The next poll time of a job, from its submit time and the durations this run has seen (seconds)."""
+
+    def __init__(self, interval_s: float, rng: random.Random | None = None) -> None:
+        self.interval_s = interval_s
+        self.random = rng or random.Random()
+        self._recent: deque[float] = deque(maxlen=SAMPLES)
+        self._sorted: list[float] = []
+
+    def observe(self, duration_s: float) -> None:
+        """A job was seen finished ``duration_s`` after its submit."""
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(duration_s)
+        bisect.insort(self._sorted, duration_s)
+
+    def window(self) -> tuple[float, float] | None:
+        """The shortest and the longest recent duration, once enough were seen."""
+        if len(self._sorted) < MIN_SAMPLES:
+            return None
+        return self._sorted[0], self._sorted[-1]
+
+    def next_at(self, submitted_at: float, now: float, in_flight: int = 1) -> float:
+        """When to ask next about a job submitted at ``submitted_at`` (epoch seconds), asked last at ``now``, with
+        ``in_flight`` jobs being followed."""
+        interval = max(self.interval_s, in_flight / MAX_POLLS_PER_S)
+        later = now + interval * (1 + self.random.uniform(-JITTER, JITTER))
+        window = self.window()
+        if window is None:
+            return later
+        start, end = submitted_at + window[0], submitted_at + window[1]
+        if now < start:
+            return min(later, start)
+        if now < end:
+            return min(later, now + max(MIN_STEP_S, (window[1] - window[0]) / STEPS_IN_WINDOW))
+        return later
