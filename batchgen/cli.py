@@ -22,7 +22,7 @@ from batchgen import __version__
 from batchgen.client import Client
 from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
-from batchgen.launch import KEY_ENV, Target, open_run, open_state, resolve_target, run_root
+from batchgen.launch import KEY_ENV, Target, load_run_manifest, open_run, open_state, resolve_target, run_root
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
 from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
 from batchgen.reconcile import reconcile, reconcile_text
@@ -349,12 +349,13 @@ def _add_run(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    manifest, jobs = _load(args.manifest, args.max_jobs)
+    loaded = load_run_manifest(args.manifest, args.max_jobs, args.out)
+    manifest = loaded.manifest
     settings = _run_settings(args, manifest)
     target = None if args.simulate else _target(args, manifest)
     root = run_root(manifest, args.out)
-    with open_run(root, manifest, jobs, settings.budget_micros) as (run_dir, store):
-        progress = Progress(len(jobs), settings.budget_micros, enabled=not args.no_progress)
+    with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest) as (run_dir, store):
+        progress = Progress(store.manifest_job_count(), settings.budget_micros, enabled=not args.no_progress)
         started = time.time()
         try:
             result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress))

@@ -6,23 +6,29 @@ the client only; it is never stored, logged or put in a message.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from yarl import URL
 
+from batchgen import __version__
 from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL
 from batchgen.errors import UsageError
-from batchgen.jobs import Job
-from batchgen.manifest import Manifest
+from batchgen.jobs import Job, expand
+from batchgen.manifest import Manifest, load_manifest, manifest_from_data
 from batchgen.outputs import RunDir, RunLock
 from batchgen.pricing import estimate_micros
 from batchgen.store import Store
+from batchgen.yamlsource import parse_document, read_source
 
 KEY_ENV = "SEGMIND_API_KEY"
 BASE_URL_ENV = "SEGMIND_BASE_URL"
@@ -100,11 +106,83 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class RunManifest:
+    """A run's manifest, its jobs, and the digest of what they were made from. ``jobs`` is None when the run
+    directory already holds exactly them (see ``load_run_manifest``)."""
+
+    manifest: Manifest
+    jobs: list[Job] | None
+    digest: str
+
+
+def load_run_manifest(path: str, max_jobs: int, out: str | None) -> RunManifest:
+    """The manifest of ``batchgen run``, validated and expanded, unless its run directory already holds its jobs.
+
+    The state keeps the digest of the manifest bytes, the job limit, this version and its schemas, with the
+    normalised document: when they match, the manifest is rebuilt from that document and its jobs are the state's,
+    so a resumed 100,000-job run starts without checking and expanding every job again (without ``--out`` the file
+    is parsed for its name first).
+    """
+    raw = read_source(path)
+    digest = manifest_digest(raw, max_jobs)
+    doc = None
+    root: Path | None = Path(out) if out is not None else None
+    if root is None:
+        doc = parse_document(raw, path)  # for the name; a broken file fails here as it would below
+        name = doc.data.get("name")
+        root = Path("output") / name if isinstance(name, str) and name else None
+    known = None if root is None else _known_manifest(root, digest, path)
+    if known is not None:
+        return RunManifest(known, None, digest)
+    manifest = load_manifest(path, max_jobs=max_jobs, document=doc or parse_document(raw, path))
+    return RunManifest(manifest, expand(manifest, max_jobs=max_jobs), digest)
+
+
+def manifest_digest(raw: bytes, max_jobs: int) -> str:
+    """What a run's jobs are made from: the manifest's bytes, the job limit, this version and its schemas."""
+    digest = hashlib.sha256(f"batchgen {__version__} max_jobs={max_jobs}\n".encode())
+    digest.update(_schemas_digest().encode())
+    digest.update(raw)
+    return digest.hexdigest()
+
+
+@cache
+def _schemas_digest() -> str:
+    digest = hashlib.sha256()
+
+    def add(entry: Traversable, name: str) -> None:
+        if entry.is_dir():
+            for child in sorted(entry.iterdir(), key=lambda item: item.name):
+                add(child, f"{name}/{child.name}")
+        else:
+            digest.update(f"{name}\n".encode())
+            digest.update(entry.read_bytes())
+
+    add(resources.files("batchgen").joinpath("schema"), "schema")
+    return digest.hexdigest()
+
+
+def _known_manifest(root: Path, digest: str, file: str) -> Manifest | None:
+    state = RunDir(root).state
+    if not state.exists():
+        return None
+    store = Store.open(state, readonly=True)
+    try:
+        if store.get_meta("manifest_digest") != digest:
+            return None
+        data = store.get_meta("manifest_data")
+    finally:
+        store.close()
+    return manifest_from_data(file, data) if isinstance(data, dict) else None
+
+
 @contextmanager
 def open_run(
-    root: Path, manifest: Manifest, jobs: list[Job], budget_micros: int | None
+    root: Path, manifest: Manifest, jobs: list[Job] | None, budget_micros: int | None, digest: str | None = None
 ) -> Iterator[tuple[RunDir, Store]]:
-    """The run directory created and locked, its state opened and reconciled with the manifest's jobs."""
+    """The run directory created and locked, its state opened and reconciled with the manifest's jobs (``None``:
+    the state holds them already); with ``digest``, the state remembers what its jobs were made from."""
     run_dir = RunDir(root)
     run_dir.prepare()
     lock = RunLock(run_dir)
@@ -112,8 +190,14 @@ def open_run(
     try:
         store = Store.open(run_dir.state)
         try:
-            estimates = [estimate_micros(job.payload, manifest.model, manifest.price) for job in jobs]
-            store.sync_jobs(jobs, estimates, time.time())
+            now = time.time()
+            if jobs is None:
+                store.requeue_skipped(now)
+            else:
+                estimates = [estimate_micros(job.payload, manifest.model, manifest.price) for job in jobs]
+                store.sync_jobs(jobs, estimates, now)
+                if digest is not None:
+                    store.set_meta(manifest_digest=digest, manifest_data=manifest.data)
             store.set_meta(
                 name=manifest.name,
                 manifest=os.path.abspath(manifest.file),

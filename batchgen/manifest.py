@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -77,6 +77,8 @@ class Manifest:
     max_attempts: int | None = None
     base_url: str | None = None
     transport: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The normalised document it was built from (kept by a run's state: see ``manifest_from_data``)."""
 
     @property
     def job_count(self) -> int:
@@ -90,9 +92,10 @@ class Manifest:
             yield Combination(shot, _values(shot, choices), fields)
 
 
-def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS) -> Manifest:
-    """Load and validate the manifest at ``path``; raise :class:`ManifestError` with every problem found."""
-    doc = load_document(path)
+def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Document | None = None) -> Manifest:
+    """Load and validate the manifest at ``path`` (``document``: already parsed from it); raise
+    :class:`ManifestError` with every problem found."""
+    doc = load_document(path) if document is None else document
     data: dict[str, Any] = doc.data
     problems: list[Problem] = list(doc.problems)
     model = _model_of(doc, problems)
@@ -116,6 +119,12 @@ def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS) -> Manifest:
     if problems:
         raise ManifestError(problems)
     return manifest
+
+
+def manifest_from_data(file: str, data: dict[str, Any]) -> Manifest:
+    """The manifest of a document ``load_manifest`` validated and normalised before (its ``data``), rebuilt without
+    checking it again: a run's state keeps it with the digest of the bytes it came from."""
+    return _build(Document(file, data), load_model(str(data.get("model", DEFAULT_MODEL))), leave_out=set())
 
 
 def _at(problems: list[Problem], prefix: Path_, *, exact: bool = False) -> bool:
@@ -215,6 +224,7 @@ def _build(doc: Document, model: Model, *, leave_out: set[str]) -> Manifest:
         max_attempts=None if data.get("max_attempts") is None else int(_number(data["max_attempts"], 5)),
         base_url=api.get("base_url"),
         transport=api.get("transport"),
+        data=data,
     )
 
 

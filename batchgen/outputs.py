@@ -305,16 +305,21 @@ def compare(probe: dict[str, Any], spec: ClipSpec) -> list[str]:
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> None:
-    """Write JSON atomically: a temporary file renamed over ``path`` (fsynced first when ``durable``).
+    """Write JSON atomically (see ``write_text``). Per-job logs skip the fsync: they are a view of the state file,
+    rewritten on resume if a stop left them behind."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False), durable=durable)
 
-    A reader sees the old file or the new one, never a torn one. Per-job logs skip the fsync: they are a view of
-    the state file, rewritten on resume if a stop left them behind.
+
+def write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    """Write a private file atomically: a temporary file renamed over ``path`` (fsynced first when ``durable``).
+
+    A reader sees the old file or the new one, never a torn one.
     """
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write(text)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -52,6 +52,7 @@ from batchgen.store import AttemptRow, JobRow, Money, Store
 T = TypeVar("T")
 RATE_WINDOW_S = 60.0
 HISTORY_SKEW_S = 2.0  # the provider's clock may differ from ours by this much
+HISTORY_RETRY_S = 300.0  # after the request history failed to answer, how long before it is asked again
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class Runner:
         self.polls = PollSchedule(settings.poll_interval_s, self.random)
         self._poll_limit = asyncio.Semaphore(settings.poll_parallel)
         self.warned_budget = False
+        self._history_down_until = 0.0
         self.budget_skips = 0
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -390,9 +392,16 @@ class Runner:
         not billed; submit again. Not found after the lag: submit again, reported as possibly billed twice.
         True when the job should be submitted now.
         """
+        if self.clock() < self._history_down_until:
+            self._event(
+                "warning", job.id, "! the request history is unreachable: submitting again, possibly billed twice"
+            )
+            return True
         try:
             rows = await self.client.history_since(attempt.started_at - HISTORY_SKEW_S)
         except AnswerError as exc:
+            # Not asked again for a while: each ambiguous job would otherwise wait for the same timeout.
+            self._history_down_until = self.clock() + HISTORY_RETRY_S
             self._event(
                 "warning",
                 job.id,

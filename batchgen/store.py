@@ -294,12 +294,13 @@ class Store:
                 "UPDATE jobs SET in_manifest = 1, idx = ?, estimate_micros = ? WHERE id = ?",
                 [(job.index, estimate, job.id) for job, estimate in zip(jobs, estimates, strict=True)],
             )
-            db.execute(
-                "UPDATE jobs SET state = 'pending', reason = NULL, not_before = 0, updated_at = ? "
-                "WHERE state = 'skipped' AND in_manifest = 1",
-                (now,),
-            )
+            _requeue_skipped(db, now)
         return len(new)
+
+    def requeue_skipped(self, now: float) -> None:
+        """Put the manifest's skipped jobs back in line (a new run reconsiders what budget or deadline refused)."""
+        with self.transaction() as db:
+            _requeue_skipped(db, now)
 
     def next_pending(self, now: float, after_idx: int = -1) -> JobRow | None:
         """The first pending job of the manifest (after ``after_idx``) whose backoff is over."""
@@ -347,6 +348,10 @@ class Store:
         twice = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE possibly_billed_twice ORDER BY idx")]
         gone = [(row[0], row[1]) for row in self.db.execute("SELECT id, state FROM jobs WHERE NOT in_manifest")]
         return twice, gone
+
+    def manifest_job_count(self) -> int:
+        """How many jobs the current manifest has."""
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 1").fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         """How many jobs of the manifest are in each state."""
@@ -657,6 +662,14 @@ class Store:
                 (now, *states),
             )
         return ids
+
+
+def _requeue_skipped(db: sqlite3.Connection, now: float) -> None:
+    db.execute(
+        "UPDATE jobs SET state = 'pending', reason = NULL, not_before = 0, updated_at = ? "
+        "WHERE state = 'skipped' AND in_manifest = 1",
+        (now,),
+    )
 
 
 def _money(db: sqlite3.Connection) -> Money:

@@ -64,6 +64,11 @@ def format_path(path: Path_) -> str:
 
 def load_document(path: str | Path) -> Document:
     """Read a YAML file into a :class:`Document`; every failure is a :class:`ManifestError`."""
+    return parse_document(read_source(path), str(path))
+
+
+def read_source(path: str | Path) -> bytes:
+    """The bytes of a manifest file, bounded in size; a :class:`ManifestError` when it cannot be read."""
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -72,7 +77,7 @@ def load_document(path: str | Path) -> Document:
     if len(raw) > MAX_FILE_BYTES:
         message = f"the file is {len(raw):,} bytes; a manifest may have at most {MAX_FILE_BYTES:,}"
         raise ManifestError([Problem(name, 1, 1, "", message)])
-    return parse_document(raw, name)
+    return raw
 
 
 def parse_document(raw: bytes, name: str) -> Document:

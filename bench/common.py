@@ -77,8 +77,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, subproces
 
 
 def env_for(url: str) -> dict[str, str]:
-    """The environment of a CLI aimed at the benchmark simulator."""
-    return {**os.environ, "SEGMIND_API_KEY": KEY, "SEGMIND_BASE_URL": url}
+    """The environment of a CLI aimed at the benchmark simulator (its request history too: the real one is not
+    reachable from here, and a run that asks it waits for its timeout)."""
+    return {**os.environ, "SEGMIND_API_KEY": KEY, "SEGMIND_BASE_URL": url, "SEGMIND_HISTORY_URL": url}
 
 
 def spread(values: list[float], unit: str = "", digits: int = 2) -> str:

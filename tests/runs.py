@@ -32,12 +32,13 @@ async def run_in_process(
     key: str = DEFAULT_KEY,
     events: list[Event] | None = None,
     history: bool = True,
+    history_url: str | None = None,
     **settings: object,
 ) -> RunResult:
     """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given."""
     manifest = load_manifest(manifest_path)
     jobs = expand(manifest)
-    history_url = sim.base_url if history else None
+    history_url = history_url or (sim.base_url if history else None)
     options: dict[str, object] = {
         "concurrency": manifest.concurrency,
         "rpm": 10_000,

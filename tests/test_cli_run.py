@@ -8,6 +8,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+from batchgen.launch import load_run_manifest
+from batchgen.manifest import MAX_JOBS, load_manifest
 from batchgen.simulator import SimSettings
 from tests.conftest import MANIFESTS, batch_manifest
 from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, start_cli
@@ -190,3 +192,29 @@ async def test_a_batch_parked_under_v2_finishes_under_v1(make_sim, write_manifes
     assert done.code == 0, done.stderr
     assert_all_done(out, 6)
     assert all(posts == 1 for posts in _accepted_posts(sim).values()) and len(sim.account().charges) == 6
+
+
+async def test_a_resumed_run_of_an_unchanged_manifest_reuses_its_jobs(make_sim, write_manifest, tmp_path: Path) -> None:
+    """The state remembers what its jobs were made from: the same bytes (and job limit, version, schemas) are not
+    checked and expanded again; any edit is, and a budget-skipped job is reconsidered either way."""
+    sim = await make_sim()
+    path, out = write_manifest(batch_manifest(4, extra="budget: 1.10\n")), tmp_path / "out"
+    args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.02", "--no-progress")
+    first = await run_cli_async(*args, env=cli_env(sim))
+    assert first.code == 3, first.stderr  # two fit the budget, two are skipped
+    loaded = load_run_manifest(str(path), MAX_JOBS, str(out))
+    assert loaded.jobs is None and loaded.manifest == load_manifest(path)
+    assert load_run_manifest(str(path), MAX_JOBS + 1, str(out)).jobs is not None  # another job limit
+    second = await run_cli_async(*args, "--budget", "5", env=cli_env(sim))
+    assert second.code == 0, second.stderr
+    assert_all_done(out, 4)
+    path.write_text(path.read_text().replace("Clip number", "Edited clip"))
+    assert len(load_run_manifest(str(path), MAX_JOBS, str(out)).jobs or []) == 4
+    third = await run_cli_async(*args, "--budget", "10", env=cli_env(sim))
+    assert third.code == 0, third.stderr
+    store = read_state(out)
+    assert store.manifest_job_count() == 4 and len(store.jobs(["done"])) == 8  # 4 new, 4 kept as not in manifest
+    store.close()
+    path.write_text(path.read_text().replace("duration: 3", "duration: 99"))
+    broken = await run_cli_async(*args, env=cli_env(sim))
+    assert broken.code == 2 and "duration" in broken.stderr  # an edit is validated again, with its position

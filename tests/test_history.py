@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from batchgen.errors import ExitCode
 from batchgen.simulator import DEFAULT_KEY, Fault, FaultPlan, SimSettings, parse_script
@@ -152,3 +153,37 @@ async def test_lost_v1_answer_after_a_kill_is_fetched_from_history(make_sim, wri
     assert result.exit_code == ExitCode.OK
     assert_all_done(out, 2)
     assert len(sim.account().charges) == 2
+
+
+async def test_an_unreachable_history_is_asked_once_not_once_per_ambiguous_job(
+    make_sim, write_manifest, tmp_path
+) -> None:
+    """Each ambiguous job would otherwise wait for the same failing history (a 30 s timeout each, offline)."""
+    hits = []
+
+    async def unavailable(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"error": "down for maintenance"}, status=503)
+
+    app = web.Application()
+    app.router.add_get(HISTORY, unavailable)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        faults = FaultPlan(script=parse_script("submit:1=drop,submit:2=drop,submit:3=drop"))
+        sim = await make_sim(SimSettings(latency_s=0.05), faults)
+        path, out = write_manifest(batch_manifest(3, extra="concurrency: 3\n")), tmp_path / "out"
+        result = await run_in_process(path, out, sim, history_url=f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+    assert result.exit_code == ExitCode.OK
+    assert_all_done(out, 3)
+    assert len(hits) == 1
+    log = (out / "run.log").read_text()
+    assert log.count("could not be read") == 1 and log.count("the request history is unreachable") == 2
+    store = read_state(out)
+    assert all(job.possibly_billed_twice for job in store.jobs())  # said, not hidden
+    store.close()
