@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import av
+from av.video.reformatter import VideoReformatter
 
 from batchgen.errors import OutputError, ProtocolError, RunLockedError
 from batchgen.pricing import ClipSpec
@@ -163,7 +165,7 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
     still a video).
     """
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options={"threads": "1"}) as container:  # one small file: no decoder threads
             if not container.streams.video:
                 raise ProtocolError("the file has no video stream")
             video = container.streams.video[0]
@@ -190,31 +192,43 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
 
 def make_poster(video: Path, poster: Path) -> None:
     """A JPEG still from the middle of ``video``, written atomically to ``poster`` (PyAV only, no imaging library)."""
-    with av.open(str(video)) as container:
+    with av.open(str(video), options={"threads": "1"}) as container:
         stream = container.streams.video[0]
         middle = float(stream.duration * stream.time_base) / 2 if stream.duration and stream.time_base else 0.0
         _write_poster(container, middle, poster)
 
 
 def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
+    """The keyframe at or before ``middle_s``: one frame decoded, not every frame up to the middle."""
     stream = container.streams.video[0]
-    stream.codec_context.thread_count = 1  # one small decode; the callers already run side by side
-    frame = None
-    for frame in container.decode(stream):
-        if frame.time is not None and frame.time >= middle_s:
-            break
+    stream.codec_context.thread_count = 1
+    if middle_s > 0 and stream.time_base:
+        container.seek(int(middle_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+    frame = next(container.decode(stream), None)
     if frame is None:
         raise ProtocolError(f"{poster.stem} has no frame to show")
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
     if stream.time_base is not None:
         encoder.time_base = stream.time_base
-    packets = encoder.encode(frame.reformat(format="yuvj420p")) + encoder.encode(None)
+    still = _reformatter().reformat(frame, format="yuvj420p")
+    packets = encoder.encode(still) + encoder.encode(None)
     temporary = poster.with_name(f".{poster.name}.tmp")
     fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "wb") as handle:
         handle.write(b"".join(bytes(packet) for packet in packets))
     os.replace(temporary, poster)
+
+
+_local = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's reformatter: it keeps its scaling context from one poster to the next (half their cost)."""
+    reformatter: VideoReformatter | None = getattr(_local, "reformatter", None)
+    if reformatter is None:
+        reformatter = _local.reformatter = VideoReformatter()
+    return reformatter
 
 
 def place_videos(parts: Sequence[PartFile], posters: Path | None) -> list[dict[str, Any] | ProtocolError]:
