@@ -337,6 +337,12 @@ def _add_run(commands: Any) -> None:
         help="seconds between polls of a submitted job outside the window in which jobs finish (default 5)",
     )
     command.add_argument(
+        "--max-polls-per-s",
+        type=float,
+        metavar="N",
+        help="at most N polls a second for all the jobs in flight together, outside that window (default 50)",
+    )
+    command.add_argument(
         "--backoff-base-s",
         type=float,
         metavar="S",
@@ -385,6 +391,10 @@ def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("poll_interval_s", "max_polls_per_s"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be more than 0")
     if budget is not None and budget <= 0:
         raise UsageError("--budget must be more than 0")
     poll = args.poll_interval_s or (max(0.05, args.sim_latency_s / 4) if args.simulate else 5.0)
@@ -395,6 +405,7 @@ def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
         transport=args.transport or manifest.transport or "v2",
         max_attempts=args.max_attempts or manifest.max_attempts or 5,
         poll_interval_s=poll,
+        max_polls_per_s=args.max_polls_per_s or 50.0,
         backoff_base_s=args.backoff_base_s if args.backoff_base_s is not None else 0.5 if args.simulate else 2.0,
         deadline=_parse_deadline(args.deadline) if args.deadline else None,
         history_lag_s=args.history_lag_s,
@@ -460,6 +471,7 @@ class Progress:
     """A tqdm bar on a terminal, one plain line a minute otherwise, or nothing (``--no-progress``)."""
 
     LINE_EVERY_S = 60.0
+    BAR_EVERY_S = 0.2
 
     def __init__(self, total: int, budget_micros: int | None, *, enabled: bool) -> None:
         self.enabled = enabled
@@ -467,6 +479,7 @@ class Progress:
         self.runner: Runner | None = None
         self.total = total
         self.last_line = time.monotonic()
+        self.last_bar = 0.0
         self.bar = (
             tqdm(total=total, unit="job", file=sys.stderr, dynamic_ncols=True)
             if (enabled and sys.stderr.isatty())
@@ -478,21 +491,35 @@ class Progress:
             return
         if event.kind in ("warning", "stop", "failed", "lost"):
             self._say(event.message)
+        now = time.monotonic()
+        if self.bar is not None:
+            if now - self.last_bar >= self.BAR_EVERY_S:  # the counts are a query: not one per event
+                self.last_bar = now
+                self._update_bar()
+        elif now - self.last_line >= self.LINE_EVERY_S:
+            self.last_line = now
+            finished, failed, flying, money = self._figures()
+            print(
+                f"{finished}/{self.total} finished, {failed} failed, {flying} in flight, {money} spent",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _figures(self) -> tuple[int, int, int, str]:
+        """(finished, failed, in flight, money spent [of the budget]) from the state."""
+        assert self.runner is not None
         counts = self.runner.store.counts()
         finished = counts["done"] + counts["failed"] + counts["skipped"] + counts["lost"]
         spent = format_usd(self.runner.store.money().spent_micros)
         of = f" of {format_usd(self.budget)}" if self.budget is not None else ""
         flying = counts["submitting"] + counts["submitted"] + counts["downloading"]
-        if self.bar is not None:
-            self.bar.n = finished
-            self.bar.set_postfix_str(f"failed {counts['failed']}, in flight {flying}, {spent}{of}", refresh=True)
-        elif time.monotonic() - self.last_line >= self.LINE_EVERY_S:
-            self.last_line = time.monotonic()
-            print(
-                f"{finished}/{self.total} finished, {counts['failed']} failed, {flying} in flight, {spent}{of} spent",
-                file=sys.stderr,
-                flush=True,
-            )
+        return finished, counts["failed"], flying, f"{spent}{of}"
+
+    def _update_bar(self) -> None:
+        assert self.bar is not None
+        finished, failed, flying, money = self._figures()
+        self.bar.n = finished
+        self.bar.set_postfix_str(f"failed {failed}, in flight {flying}, {money}", refresh=True)
 
     def _say(self, message: str) -> None:
         if self.bar is not None:
@@ -502,6 +529,8 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            if self.runner is not None:
+                self._update_bar()  # the last events may have come between two updates
             self.bar.close()
 
 

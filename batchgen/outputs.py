@@ -161,8 +161,8 @@ class PartFile:
 def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
     """What the file really is, read with PyAV; ``ProtocolError`` when it is no video at all.
 
-    With ``poster``, also a JPEG still from its middle, from the same reading (best effort: a video without one is
-    still a video).
+    With ``poster``, also a JPEG still from its middle (the keyframe at or before it), from the same reading (best
+    effort: a video without one is still a video).
     """
     try:
         with av.open(str(path), options={"threads": "1"}) as container:  # one small file: no decoder threads
@@ -191,7 +191,8 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
 
 
 def make_poster(video: Path, poster: Path) -> None:
-    """A JPEG still from the middle of ``video``, written atomically to ``poster`` (PyAV only, no imaging library)."""
+    """A JPEG still from the middle of ``video`` (the keyframe at or before it), written atomically to ``poster``
+    (PyAV only, no imaging library)."""
     with av.open(str(video), options={"threads": "1"}) as container:
         stream = container.streams.video[0]
         middle = float(stream.duration * stream.time_base) / 2 if stream.duration and stream.time_base else 0.0

@@ -7,8 +7,8 @@ times across it, and every ``interval`` again after it. A finished job is then s
 window instead of up to a whole interval later (the makespan), for at most twenty more polls a job.
 
 Between windows the interval stretches with the number of jobs in flight, so that they are asked at most
-``MAX_POLLS_PER_S`` times a second all together (2,000 in flight: each every 40 s): many jobs in flight cost the
-provider and this machine no more than fifty (about 5 % of a core here).
+``max_polls_per_s`` times a second all together (by default 50; 2,000 in flight: each every 40 s): many jobs in
+flight cost the provider and this machine no more than fifty polls a second (about 5 % of a core here).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ MAX_POLLS_PER_S = 50.0
 class PollSchedule:
     """The next poll time of a job, from its submit time and the durations this run has seen (seconds)."""
 
-    def __init__(self, interval_s: float, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, interval_s: float, rng: random.Random | None = None, max_polls_per_s: float = MAX_POLLS_PER_S
+    ) -> None:
         self.interval_s = interval_s
+        self.max_polls_per_s = max_polls_per_s
         self.random = rng or random.Random()
         self._recent: deque[float] = deque(maxlen=SAMPLES)
         self._sorted: list[float] = []
@@ -50,7 +53,7 @@ class PollSchedule:
     def next_at(self, submitted_at: float, now: float, in_flight: int = 1) -> float:
         """When to ask next about a job submitted at ``submitted_at`` (epoch seconds), asked last at ``now``, with
         ``in_flight`` jobs being followed."""
-        interval = max(self.interval_s, in_flight / MAX_POLLS_PER_S)
+        interval = max(self.interval_s, in_flight / self.max_polls_per_s)
         later = now + interval * (1 + self.random.uniform(-JITTER, JITTER))
         window = self.window()
         if window is None:

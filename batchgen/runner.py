@@ -1,6 +1,6 @@
 """The scheduler: jobs → saved, verified videos, under a concurrency cap, a rate limit and a hard budget.
 
-One loop, four kinds of task:
+One loop, five kinds of task:
 
 - the **submitter** takes pending jobs in manifest order; for each it waits for a free slot (concurrency), a rate
   token (submits per minute; a 429 closes the gate for everyone until its reset time) and a budget reservation
@@ -8,8 +8,11 @@ One loop, four kinds of task:
 - each submitted job is **polled** on its own schedule (``polling.py``: every interval, and often across the window
   in which jobs finish once the run has seen some finish; bounded parallel GETs); a job's slot is freed when the
   provider says it finished (v2 submits; in a v1 run, requests adopted from the history or left by a v2 run);
-- a bounded pool of **downloaders** streams videos to ``.part``, checks them (in a thread) and renames them;
-- v1: the POST itself waits for the video; its slot is held for the whole call.
+- a bounded pool of **downloaders** streams videos to ``.part``;
+- v1: the POST itself waits for the video; its slot is held for the whole call;
+- the **placer** takes every video received (downloaded or in a v1 answer) while its previous batch was being
+  placed, checks them, makes them durable and renames them together in a thread, then marks them done in one
+  transaction (group commit); file work in threads always runs to its end, even through a stop.
 
 Stops (a signal, 401/403/404-model/410, 406, the deadline) close the submitter first; what is in flight is
 finished or parked in the state, never dropped. Progress goes out through ``on_event``; this module never prints.
@@ -66,6 +69,7 @@ class RunSettings:
     max_attempts: int = 5
     poll_interval_s: float = 5.0
     poll_parallel: int = 16
+    max_polls_per_s: float = 50.0  # all jobs together, between the windows where jobs finish
     downloaders: int = 4
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
@@ -209,7 +213,7 @@ class Runner:
         self.downloading: set[str] = set()
         self.past_ttl: set[str] = set()  # submitted jobs followed through the request history
         self.durations: list[float] = []
-        self.polls = PollSchedule(settings.poll_interval_s, self.random)
+        self.polls = PollSchedule(settings.poll_interval_s, self.random, settings.max_polls_per_s)
         self._poll_limit = asyncio.Semaphore(settings.poll_parallel)
         self.warned_budget = False
         self._history_down_until = 0.0

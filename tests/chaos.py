@@ -110,6 +110,8 @@ async def _drive(
         "100000",
         "--poll-interval-s",
         "0.03",
+        "--max-polls-per-s",
+        "1000",
         "--backoff-base-s",
         "0.02",
         "--max-attempts",

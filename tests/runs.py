@@ -43,6 +43,7 @@ async def run_in_process(
         "concurrency": manifest.concurrency,
         "rpm": 10_000,
         "poll_interval_s": 0.01,
+        "max_polls_per_s": 10_000,  # fast polls for the few jobs of a test
         "backoff_base_s": 0.0,
         "budget_micros": None if manifest.budget_usd is None else micros(manifest.budget_usd),
         "history_lag_s": 0.5,

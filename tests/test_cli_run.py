@@ -218,3 +218,12 @@ async def test_a_resumed_run_of_an_unchanged_manifest_reuses_its_jobs(make_sim, 
     path.write_text(path.read_text().replace("duration: 3", "duration: 99"))
     broken = await run_cli_async(*args, env=cli_env(sim))
     assert broken.code == 2 and "duration" in broken.stderr  # an edit is validated again, with its position
+
+
+async def test_poll_settings_must_be_positive(tmp_path: Path) -> None:
+    env = {**cli_env(None), "SEGMIND_API_KEY": "k"}
+    for flag in ("--poll-interval-s", "--max-polls-per-s"):
+        done = await run_cli_async(
+            "run", str(MANIFESTS / "demo.yaml"), "--out", str(tmp_path / "o"), flag, "-1", env=env
+        )
+        assert done.code == 2 and f"{flag} must be more than 0" in done.stderr and "Traceback" not in done.stderr
