@@ -1,4 +1,4 @@
-"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (about 10 minutes on 2 cores)."""
+"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (about 7 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -82,23 +82,37 @@ def main() -> None:
 
 
 NOTES = """
-## Where the time goes (targets not met)
+## Where the time goes
 
-- **Overhead** (`python -m cProfile` of a 1,000-job in-process run): per job batchgen makes ~8 SQLite transactions
-  (intent, request id and money, done, plus reads for the per-job log) and, for its promise that a `.mp4` is whole,
-  two fsyncs (the video, then its directory after the rename) on top of opening, probing and renaming the file. On
-  this disk a write + two fsyncs + rename alone costs ~0.8 ms a job (measured apart), about what the whole bare loop
-  spends per job, so with the fsyncs kept the ratio cannot reach 0.8; tried: moving fsync + probe + rename off the
-  loop into a thread (kept: the loop no longer stalls on large videos), log files without fsync (kept: they are a
-  view of the state, rewritten on resume), one transaction for a v1 answer's id and money (kept). Next: group commit
-  (one `syncfs` for a batch of finished videos, one transaction marking them done).
-- **First submit with 100,000 jobs**: the first start is mostly loading the 100,000-job manifest (parse, schema and
-  per-combination checks, then expansion, ~0.1 ms a job; tried and kept: libyaml's composer and O(1) matrix
-  lookups, which took `validate` of 10,000 jobs from 3.1 s to 1.6 s). Later starts on the same directory were
-  slower (42-46 s) and are not explained yet; the next step is a profile of that start-up. Next for the load:
-  check a matrix's combinations field by field instead of running the request schema on each, and expand once.
-- **v2 makespan**: a job's slot is freed when a poll sees it finished, so each wave waits up to a poll interval;
-  next: poll each job on its own schedule from its expected finish instead of all jobs per round.
+- **Overhead: not met, and not reachable on this machine while every video is checked with PyAV.** CPU measured
+  apart here: the bare loop spends 0.65 ms a job in its own process and the simulator 0.70 ms a job, so the baseline
+  already keeps both cores busy. At 0.8 × the baseline (~1,150 jobs/s) the two cores can spend at most 1.75 ms a
+  job in all; the simulator takes 0.70, an aiohttp client at least 0.65, and batchgen's check of each video (PyAV
+  opens it: duration, size, audio) 0.6 ms more, its poster frame 1.2 ms more (200 simulator clips, 3 rounds): over
+  the limit before any state, budget or log. py-spy `--gil` of a 5,000-job run: the placer's PyAV work holds the
+  GIL 30 % of the run and slows the loop beside it. Tried and kept: group commit (one `syncfs` for a batch of
+  videos, the renames, one fsync of the directory, one transaction marking them done: the syncs are now 0.4 s of a
+  5,000-job run, where two fsyncs a job also stalled every file creation on the loop behind the ext4 journal);
+  posters from the same PyAV reading as the check, from the keyframe at or before the middle, with a reformatter
+  kept per thread (probe + poster 4.9 → 1.8 ms); job logs written in a thread; the rate gate's deque (it filtered
+  a list on every submit). Tried and dropped: two placer threads (slower: 29.7 s instead of 26 s for 5,000 jobs,
+  GIL contention). Not tried: a process pool for the PyAV work; here it would share the second core with the
+  simulator (at best ~0.4 by the figures above); with more cores, or against the real provider, it is the next step.
+- **Makespan: at the edge of this machine's noise.** The bare loop itself measures 1.034 on the same simulator
+  (the ±50 ms jitter of 15 jobs in a row adds up), which leaves 8 ms a cycle for everything else. v1 measured
+  1.042-1.087 over the last two full runs; its cycle costs 3-5 ms more than the bare loop's (begin → POST 2 ms, the
+  loop shared with the placer). v2 went from 1.14 to 1.06-1.08: each job is now polled on its own schedule, often
+  across the window in which jobs finish (kept); a v2 cycle is three round trips (submit, status, result) where v1
+  has one, so its floor here is higher.
+- **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged (1.1 s). After
+  an edit every job is checked and expanded again (15-18 s, shown for scale): about half of it is the request schema
+  run on every combination (jsonschema's cost is per call, so checking each distinct field value alone was tried
+  and was no faster); a second half is parsing and expansion.
+- **Many in flight**: the earlier 6 % came from a 10 s window that saw a single round of polls; measured over 20 s
+  the per-job polls at 5 s cost 16 % of a core (about 1 ms a poll in aiohttp). `--max-polls-per-s` (default 50)
+  brings it to 7 %.
+- validate and plan of 10,000 jobs are about 0.9 s of interpreter start and imports (aiohttp, PyAV, jsonschema)
+  plus ~0.8 s of loading: the figures vary by ±30 % on this VM from one hour to the next.
 """
 
 
