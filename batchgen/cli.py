@@ -359,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
     manifest = loaded.manifest
     settings = _run_settings(args, manifest)
     target = None if args.simulate else _target(args, manifest)
-    root = run_root(manifest, args.out)
+    root = run_root(manifest.name, args.out)
     with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest) as (run_dir, store):
         progress = Progress(store.manifest_job_count(), settings.budget_micros, enabled=not args.no_progress)
         started = time.time()
@@ -563,7 +563,7 @@ def _root_of(args: argparse.Namespace) -> Path:
         return Path(args.out)
     if not args.manifest:
         raise UsageError("name the run: give its MANIFEST or --out DIR")
-    return run_root(load_manifest(args.manifest, max_jobs=sys.maxsize), None)
+    return run_root(load_manifest(args.manifest, max_jobs=sys.maxsize).name, None)
 
 
 def _add_status(commands: Any) -> None:

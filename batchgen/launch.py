@@ -47,9 +47,9 @@ class Target:
         return f"Target(base_url={self.base_url!r}, history_url={self.history_url!r})"
 
 
-def run_root(manifest: Manifest, out: str | None) -> Path:
+def run_root(name: str, out: str | None) -> Path:
     """The run directory: ``--out``, else ``output/<manifest name>/``."""
-    return Path(out) if out else Path("output") / manifest.name
+    return Path(out) if out else Path("output") / name
 
 
 def resolve_target(
@@ -127,11 +127,11 @@ def load_run_manifest(path: str, max_jobs: int, out: str | None) -> RunManifest:
     raw = read_source(path)
     digest = manifest_digest(raw, max_jobs)
     doc = None
-    root: Path | None = Path(out) if out is not None else None
-    if root is None:
+    root = Path(out) if out is not None else None
+    if out is None:
         doc = parse_document(raw, path)  # for the name; a broken file fails here as it would below
         name = doc.data.get("name")
-        root = Path("output") / name if isinstance(name, str) and name else None
+        root = run_root(name, None) if isinstance(name, str) and name else None
     known = None if root is None else _known_manifest(root, digest, path)
     if known is not None:
         return RunManifest(known, None, digest)

@@ -8,7 +8,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-from batchgen.launch import load_run_manifest
+from batchgen.launch import load_run_manifest, open_run, run_root
 from batchgen.manifest import MAX_JOBS, load_manifest
 from batchgen.simulator import SimSettings
 from tests.conftest import MANIFESTS, batch_manifest
@@ -100,7 +100,7 @@ async def test_sigint_parks_what_is_in_flight_and_exits_130(make_sim, write_mani
 
 
 async def test_a_second_run_on_the_same_directory_names_the_first_ones_pid(make_sim, write_manifest, tmp_path) -> None:
-    sim = await make_sim(SimSettings(latency_s=2))
+    sim = await make_sim(SimSettings(latency_s=30))  # the first run is stopped: its jobs must outlast two CLI starts
     path, out = write_manifest(batch_manifest(2)), tmp_path / "out"
     args = ("run", str(path), "--out", str(out), "--poll-interval-s", "0.05", "--no-progress")
     first = await start_cli(*args, env=cli_env(sim))
@@ -227,3 +227,15 @@ async def test_poll_settings_must_be_positive(tmp_path: Path) -> None:
             "run", str(MANIFESTS / "demo.yaml"), "--out", str(tmp_path / "o"), flag, "-1", env=env
         )
         assert done.code == 2 and f"{flag} must be more than 0" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_out_the_run_directory_is_found_by_the_manifests_name(write_manifest, tmp_path, monkeypatch) -> None:
+    path = write_manifest(batch_manifest(3, name="named"))
+    monkeypatch.chdir(tmp_path)
+    first = load_run_manifest(str(path), MAX_JOBS, None)
+    assert first.jobs is not None and len(first.jobs) == 3
+    with open_run(run_root(first.manifest.name, None), first.manifest, first.jobs, None, first.digest):
+        pass
+    assert (tmp_path / "output" / "named" / "state.db").exists()
+    again = load_run_manifest(str(path), MAX_JOBS, None)
+    assert again.jobs is None and again.manifest == first.manifest
