@@ -8,10 +8,13 @@ import io
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+from aiohttp import web
 
 from batchgen import expand, load_manifest
 from batchgen.client import Client
@@ -54,6 +57,18 @@ async def run_in_process(
         async with Client(sim.base_url, key, manifest.model.slug, history_url=history_url) as client:
             runner = Runner(store, run_dir, client, manifest.model, run_settings, on_event=(events or []).append)
             return await runner.run()
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def read_state(out: Path) -> Store:

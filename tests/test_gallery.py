@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from batchgen.simulator import FaultPlan, parse_script
-from tests.runs import cli_env, run_cli_async
+from tests.runs import cli_env, run_cli_async, serving
 
 XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & "quotes"'
 MANIFEST = f"""\
@@ -68,12 +68,7 @@ async def _render(root: Path, tmp_path: Path) -> dict:
     app = web.Application()
     app.router.add_get("/check.html", check)
     app.router.add_static("/", root)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as url:
         process = await asyncio.create_subprocess_exec(
             _chromium(),
             "--headless",
@@ -87,13 +82,11 @@ async def _render(root: Path, tmp_path: Path) -> dict:
             f"--user-data-dir={tmp_path / 'chromium-profile'}",
             "--virtual-time-budget=10000",
             "--dump-dom",
-            f"http://127.0.0.1:{port}/check.html",
+            f"{url}/check.html",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), 90)
-    finally:
-        await runner.cleanup()
     text = out.decode()
     start = text.index('<pre id="result">') + len('<pre id="result">')
     result = text[start : text.index("</pre>", start)]

@@ -11,7 +11,7 @@ from aiohttp import web
 from batchgen.errors import ExitCode
 from batchgen.simulator import DEFAULT_KEY, Fault, FaultPlan, SimSettings, parse_script
 from tests.conftest import batch_manifest
-from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, run_in_process
+from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, run_in_process, serving
 
 MODEL = "kling-3-standard-text2video"
 KEY = {"x-api-key": DEFAULT_KEY}
@@ -167,18 +167,11 @@ async def test_an_unreachable_history_is_asked_once_not_once_per_ambiguous_job(
 
     app = web.Application()
     app.router.add_get(HISTORY, unavailable)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as history_url:
         faults = FaultPlan(script=parse_script("submit:1=drop,submit:2=drop,submit:3=drop"))
         sim = await make_sim(SimSettings(latency_s=0.05), faults)
         path, out = write_manifest(batch_manifest(3, extra="concurrency: 3\n")), tmp_path / "out"
-        result = await run_in_process(path, out, sim, history_url=f"http://127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
+        result = await run_in_process(path, out, sim, history_url=history_url)
     assert result.exit_code == ExitCode.OK
     assert_all_done(out, 3)
     assert len(hits) == 1
