@@ -60,7 +60,8 @@ class PollSchedule:
             return later
         start, end = submitted_at + window[0], submitted_at + window[1]
         if now < start:
-            return min(later, start)
+            # a jittered poll just short of the window's start is not followed by one at the start a moment later
+            return max(min(later, start), now + MIN_STEP_S)
         if now < end:
             return min(later, now + max(MIN_STEP_S, (window[1] - window[0]) / STEPS_IN_WINDOW))
         return later
