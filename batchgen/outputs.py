@@ -165,7 +165,9 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
     effort: a video without one is still a video).
     """
     try:
-        with av.open(str(path), options={"threads": "1"}) as container:  # one small file: no decoder threads
+        # The provider answers video/mp4: the MP4 demuxer named (no format guessing, a third of the open), one
+        # decoder thread (a single frame is decoded at most)
+        with av.open(str(path), format="mp4", options={"threads": "1"}) as container:
             if not container.streams.video:
                 raise ProtocolError("the file has no video stream")
             video = container.streams.video[0]
@@ -187,13 +189,13 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
                     _write_poster(container, seconds / 2, poster)
             return probe
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the download is not a playable video: {exc}") from None
+        raise ProtocolError(f"the download is not a playable MP4 video: {exc}") from None
 
 
 def make_poster(video: Path, poster: Path) -> None:
     """A JPEG still from the middle of ``video`` (the keyframe at or before it), written atomically to ``poster``
     (PyAV only, no imaging library)."""
-    with av.open(str(video), options={"threads": "1"}) as container:
+    with av.open(str(video), format="mp4", options={"threads": "1"}) as container:
         stream = container.streams.video[0]
         middle = float(stream.duration * stream.time_base) / 2 if stream.duration and stream.time_base else 0.0
         _write_poster(container, middle, poster)
@@ -209,6 +211,7 @@ def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
     if frame is None:
         raise ProtocolError(f"{poster.stem} has no frame to show")
     encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.thread_count = 1  # one small still: two encoder threads started and joined per poster cost more than it
     encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
     if stream.time_base is not None:
         encoder.time_base = stream.time_base

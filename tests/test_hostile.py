@@ -136,7 +136,7 @@ async def test_a_video_body_that_is_not_a_video_is_never_saved(hostile, tmp_path
     result = await _run(server, tmp_path, write_manifest)
     job, _ = _job(tmp_path)
     assert (result.exit_code, job.state) == (ExitCode.JOBS_FAILED, "failed")
-    assert "not a playable video" in (job.reason or "")
+    assert "not a playable MP4 video" in (job.reason or "")
     assert job.download_failures == 2
 
 

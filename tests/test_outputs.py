@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+import av
 
 from batchgen.errors import ProtocolError
 from batchgen.outputs import PartFile, hash_file, place_videos
@@ -41,3 +44,20 @@ def test_a_batch_of_one_and_no_posters(tmp_path: Path) -> None:
     [probe] = place_videos([part], None)
     assert isinstance(probe, dict) and (probe["width"], probe["height"]) == (180, 320)
     assert [path.name for path in tmp_path.iterdir()] == ["only.mp4"]
+
+
+def test_a_real_video_in_another_container_is_not_the_mp4_asked_for(tmp_path: Path) -> None:
+    """The provider answers video/mp4; a Matroska file with the same H.264 frames is refused, not placed."""
+    source = tmp_path / "source.mp4"
+    source.write_bytes(make_clip(3, "16:9", False))
+    matroska = io.BytesIO()
+    with av.open(str(source)) as original, av.open(matroska, "w", format="matroska") as remuxed:
+        stream = remuxed.add_stream_from_template(original.streams.video[0])
+        for packet in original.demux(original.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                remuxed.mux(packet)
+    part = _received(tmp_path, "mkv", matroska.getvalue())
+    [result] = place_videos([part], None)
+    assert isinstance(result, ProtocolError) and "not a playable MP4 video" in str(result)
+    assert list(tmp_path.glob("mkv*")) == []
