@@ -3,11 +3,14 @@
 ratio = measured wall time ÷ (ceil(N / C) × L). Target ≤ 1.05 for v1 and for v2 (v2 polls every L / 10, and
 the cap on polls a second is raised to match: 20 jobs in flight polled every 50 ms are 400 polls a second, where
 the default cap of 50 would stretch each job's interval to 0.4 s).
-The wall time is the run's own (from the first submit in run.log to the last "done"), so process start-up is out.
+The wall time is the run's own (from the first attempt in the state to the last video), so process start-up is
+out. The bare loop of the overhead benchmark is measured beside them, on the same simulator: the floor of this
+machine (the jitter of 15 jobs in a row, the simulator answering 20 requests that fall due together).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 import sys
@@ -16,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cli, env_for, manifest, simulator_process
+from bench.common import bare_loop, cli, env_for, manifest, simulator_process, warm_up
 
 JOBS, CONCURRENCY, LATENCY_S = 300, 20, 0.5
 
@@ -30,13 +33,17 @@ def _span(out: Path) -> float:
 
 
 def main(repeats: int = 3) -> dict[str, list[float]]:
-    figures: dict[str, list[float]] = {"v1": [], "v2": []}
+    figures: dict[str, list[float]] = {"bare": [], "v1": [], "v2": []}
     ideal = math.ceil(JOBS / CONCURRENCY) * LATENCY_S
     with (
         simulator_process("--latency-s", str(LATENCY_S), "--jitter-s", "0.05") as url,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        warm_up(url)
         for repeat in range(repeats):
+            bare = Path(tmp) / f"bare{repeat}"
+            bare.mkdir()
+            figures["bare"].append(asyncio.run(bare_loop(url, bare, JOBS, CONCURRENCY)) / ideal)
             for transport in ("v1", "v2"):
                 path = manifest(
                     Path(tmp) / f"{transport}{repeat}.yaml", JOBS, concurrency=CONCURRENCY, name=f"m{transport}{repeat}"

@@ -13,28 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import KEY, cli, env_for, manifest, simulator_process
+from bench.common import bare_loop, cli, env_for, manifest, simulator_process, warm_up
 
 JOBS, CONCURRENCY = 5000, 64
-
-
-async def baseline(url: str, out: Path, jobs: int) -> float:
-    """POST every job under a semaphore and write the body: the physical limit of this machine and server."""
-    limit = asyncio.Semaphore(CONCURRENCY)
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(headers={"x-api-key": KEY}, connector=connector) as session:
-
-        async def one(n: int) -> None:
-            body = {"prompt": f"Benchmark clip {n}", "duration": "3", "generate_audio": False}
-            async with limit, session.post(f"{url}/v1/kling-3-standard-text2video", json=body) as response:
-                (out / f"{n}.mp4").write_bytes(await response.read())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(n) for n in range(jobs)))
-        return jobs / (time.perf_counter() - started)
 
 
 def batchgen_rate(url: str, work: Path, jobs: int) -> float:
@@ -59,9 +41,10 @@ def main(repeats: int = 3, jobs: int = JOBS) -> dict[str, list[float]]:
     """Jobs/s of each, over ``repeats``."""
     figures: dict[str, list[float]] = {"baseline": [], "batchgen": [], "ratio": []}
     with simulator_process("--latency-s", "0") as url, tempfile.TemporaryDirectory() as tmp:
+        warm_up(url)
         for _ in range(repeats):
             work = Path(tempfile.mkdtemp(dir=tmp))
-            base = asyncio.run(baseline(url, work, jobs))
+            base = jobs / asyncio.run(bare_loop(url, work, jobs, CONCURRENCY))
             ours = batchgen_rate(url, work, jobs)
             figures["baseline"].append(base)
             figures["batchgen"].append(ours)

@@ -22,6 +22,7 @@ TARGETS = [
     ),
     ("overhead", "baseline", "bare aiohttp loop, jobs/s", "", None),
     ("overhead", "batchgen", "batchgen full pipeline, jobs/s", "", None),
+    ("makespan", "bare", "bare aiohttp loop makespan ÷ ideal (the floor, same simulator)", "", None),
     ("makespan", "v1", "v1 makespan ÷ ideal (300 jobs, 0.5 s, c=20)", "≤ 1.05", lambda v: v <= 1.05),
     ("makespan", "v2", "v2 makespan ÷ ideal (300 jobs, 0.5 s, c=20)", "≤ 1.05", lambda v: v <= 1.05),
     ("memory", "rss_mb_64mb_videos", "peak RSS, 64 × 64 MB videos, c=16 (MB)", "≤ 150", lambda v: v <= 150),
