@@ -1,35 +1,39 @@
-"""The command line: argparse, wiring, printing and exit codes. The only module that prints or exits."""
+"""The command line: argparse, wiring, printing and exit codes. The only module that prints or exits.
+
+The commands that talk HTTP, check videos or run jobs import that machinery (asyncio, aiohttp, PyAV, tqdm, the
+runner, the simulator's server) when they run: ``validate``, ``plan`` and ``--help`` need none of it, and start in
+a third of the time (0.25 s instead of 0.75 s here).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import secrets
-import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from batchgen import __version__
-from batchgen.client import Client
 from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
-from batchgen.launch import KEY_ENV, Target, load_run_manifest, open_run, open_state, resolve_target, run_root
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
 from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
-from batchgen.reconcile import reconcile, reconcile_text
-from batchgen.report import status_data, status_text, write_report
-from batchgen.runner import Event, Runner, RunResult, RunSettings
-from batchgen.simulator import DEFAULT_KEY, FaultPlan, SimSettings, parse_script, running_simulator
-from batchgen.simulator.faults import KINDS
+from batchgen.simulator import DEFAULT_KEY
+from batchgen.simulator.faults import KINDS, FaultPlan, parse_script
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from batchgen.launch import Target
+    from batchgen.runner import Event, Runner, RunResult, RunSettings
+    from batchgen.simulator.server import SimSettings
+
+KEY_ENV = "SEGMIND_API_KEY"  # the default of --api-key-env
 
 EXIT_CODES = """\
 exit codes:
@@ -242,6 +246,10 @@ def _add_simulate(commands: Any) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchgen.simulator.server import SimSettings
+
     settings = SimSettings(
         keys=tuple(args.key or [DEFAULT_KEY]),
         credits_usd=args.credits,
@@ -280,6 +288,11 @@ def _kind_rate(item: str) -> tuple[str, float]:
 
 
 async def _serve(settings: SimSettings, faults: FaultPlan, host: str, port: int) -> dict[str, Any]:
+    import asyncio
+    import signal
+
+    from batchgen.simulator.server import running_simulator
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -355,6 +368,11 @@ def _add_run(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchgen.launch import load_run_manifest, open_run, run_root
+    from batchgen.report import write_report
+
     loaded = load_run_manifest(args.manifest, args.max_jobs, args.out)
     manifest = loaded.manifest
     settings = _run_settings(args, manifest)
@@ -375,6 +393,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _target(args: argparse.Namespace, manifest: Manifest) -> Target:
     """Where to send requests, from the flags shared by run and reconcile."""
+    from batchgen.launch import resolve_target
+
     return resolve_target(
         manifest,
         base_url_flag=args.base_url,
@@ -386,6 +406,8 @@ def _target(args: argparse.Namespace, manifest: Manifest) -> Target:
 
 
 def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
+    from batchgen.runner import RunSettings
+
     budget = args.budget if args.budget is not None else manifest.budget_usd
     for name in ("concurrency", "rpm", "max_attempts"):
         value = getattr(args, name)
@@ -435,6 +457,11 @@ async def _run_async(
     progress: Progress,
 ) -> RunResult:
     if target is None:
+        import secrets
+
+        from batchgen.launch import Target
+        from batchgen.simulator.server import SimSettings, running_simulator
+
         key = f"sim-{secrets.token_hex(8)}"
         sim_settings = SimSettings(keys=(key,), latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
         async with running_simulator(sim_settings) as simulator:
@@ -447,6 +474,12 @@ async def _run_async(
 async def _drive(
     manifest: Manifest, store: Any, run_dir: Any, settings: RunSettings, target: Target, progress: Progress
 ) -> RunResult:
+    import asyncio
+    import signal
+
+    from batchgen.client import Client
+    from batchgen.runner import Runner
+
     client = Client(
         target.base_url,
         target.api_key,
@@ -474,13 +507,15 @@ class Progress:
     BAR_EVERY_S = 0.2
 
     def __init__(self, total: int, budget_micros: int | None, *, enabled: bool) -> None:
+        from tqdm import tqdm
+
         self.enabled = enabled
         self.budget = budget_micros
         self.runner: Runner | None = None
         self.total = total
         self.last_line = time.monotonic()
         self.last_bar = 0.0
-        self.bar = (
+        self.bar: tqdm[Any] | None = (
             tqdm(total=total, unit="job", file=sys.stderr, dynamic_ncols=True)
             if (enabled and sys.stderr.isatty())
             else None
@@ -559,6 +594,8 @@ def _add_target(command: argparse.ArgumentParser) -> None:
 
 
 def _root_of(args: argparse.Namespace) -> Path:
+    from batchgen.launch import run_root
+
     if args.out:
         return Path(args.out)
     if not args.manifest:
@@ -581,6 +618,9 @@ def _status(args: argparse.Namespace) -> int:
             raise UsageError(f"no gallery in {root} yet: `batchgen report --out {root}` writes it")
         print(page.resolve())
         return int(ExitCode.OK)
+    from batchgen.launch import open_state
+    from batchgen.report import status_data, status_text
+
     with open_state(root) as (_, store):
         data = status_data(store)
     print(json.dumps(data, indent=2) if args.json else status_text(data))
@@ -603,6 +643,12 @@ def _add_reconcile(commands: Any) -> None:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchgen.client import Client
+    from batchgen.launch import open_state
+    from batchgen.reconcile import reconcile, reconcile_text
+
     root = _root_of(args)
     with open_state(root) as (_, store):
         manifest_path = args.manifest or store.get_meta("manifest")
@@ -628,6 +674,9 @@ def _add_report(commands: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from batchgen.launch import open_state
+    from batchgen.report import write_report
+
     root = _root_of(args)
     with open_state(root, write=True) as (run_dir, store):
         run_dir.prepare()
@@ -648,6 +697,8 @@ def _add_retry(commands: Any) -> None:
 
 
 def _retry(args: argparse.Namespace) -> int:
+    from batchgen.launch import open_state
+
     states = [state for state, wanted in (("failed", args.failed), ("lost", args.lost)) if wanted] or ["failed"]
     with open_state(_root_of(args), write=True) as (_, store):
         ids = store.requeue(states, time.time())

@@ -30,7 +30,6 @@ from batchgen.pricing import estimate_micros
 from batchgen.store import Store
 from batchgen.yamlsource import parse_document, read_source
 
-KEY_ENV = "SEGMIND_API_KEY"
 BASE_URL_ENV = "SEGMIND_BASE_URL"
 HISTORY_URL_ENV = "SEGMIND_HISTORY_URL"
 

@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchgen.simulator import FaultPlan, SimSettings, Simulator
+from batchgen.simulator.faults import FaultPlan
+from batchgen.simulator.server import SimSettings, Simulator
 from tests.conftest import batch_manifest
 from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, start_cli
 

@@ -40,7 +40,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 @pytest.fixture
 async def make_sim():
     """Start simulators on loopback (closed after the test): ``await make_sim(SimSettings(...), FaultPlan(...))``."""
-    from batchgen.simulator import Simulator
+    from batchgen.simulator.server import Simulator
 
     started = []
 

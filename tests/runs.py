@@ -21,8 +21,9 @@ from batchgen.client import Client
 from batchgen.launch import open_run
 from batchgen.pricing import micros
 from batchgen.runner import Event, Runner, RunResult, RunSettings
-from batchgen.simulator import DEFAULT_KEY, Simulator
+from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.clips import SIZES
+from batchgen.simulator.server import Simulator
 from batchgen.store import Store
 from tests.conftest import ROOT
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from batchgen import __version__
-from tests.conftest import MANIFESTS, run_cli
+from tests.conftest import MANIFESTS, ROOT, run_cli
 
 
 def test_validate_all_examples_exits_0() -> None:
@@ -62,3 +64,29 @@ def test_version_and_help() -> None:
     assert run_cli("--version").stdout.strip() == f"batchgen {__version__}"
     help_text = run_cli("--help").stdout
     assert "130  interrupted" in help_text and "validate" in help_text and "plan" in help_text
+
+
+def test_validate_plan_and_help_load_no_http_video_or_progress_library() -> None:
+    """They start in a third of the time: aiohttp, PyAV, tqdm and asyncio are for the commands that run jobs."""
+    heavy = ["aiohttp", "av", "tqdm", "asyncio"]
+    temple = str(MANIFESTS / "temple.yaml")
+    script = (
+        "import contextlib, io, sys\n"
+        "from batchgen.cli import main\n"
+        "for argv in (['validate', sys.argv[1]], ['plan', '--json', sys.argv[1]], ['--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "print(sorted(name for name in sys.argv[2:] if name in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, temple, *heavy], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+    loaded_by_run = subprocess.run(
+        [sys.executable, "-c", script.replace("main(argv)", "main(['status', '--out', 'nowhere'])"), temple, *heavy],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert loaded_by_run.stdout.strip() != "[]"  # the check sees a heavy import when there is one

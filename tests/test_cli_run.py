@@ -10,7 +10,7 @@ from pathlib import Path
 
 from batchgen.launch import load_run_manifest, open_run, run_root
 from batchgen.manifest import MAX_JOBS, load_manifest
-from batchgen.simulator import SimSettings
+from batchgen.simulator.server import SimSettings
 from tests.conftest import MANIFESTS, batch_manifest
 from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, start_cli
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from batchgen.simulator import FaultPlan, parse_script
+from batchgen.simulator.faults import FaultPlan, parse_script
 from tests.runs import cli_env, run_cli_async, serving
 
 XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & "quotes"'

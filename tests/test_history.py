@@ -9,7 +9,9 @@ import pytest
 from aiohttp import web
 
 from batchgen.errors import ExitCode
-from batchgen.simulator import DEFAULT_KEY, Fault, FaultPlan, SimSettings, parse_script
+from batchgen.simulator import DEFAULT_KEY
+from batchgen.simulator.faults import Fault, FaultPlan, parse_script
+from batchgen.simulator.server import SimSettings
 from tests.conftest import batch_manifest
 from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, run_in_process, serving
 

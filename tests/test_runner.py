@@ -12,7 +12,8 @@ import pytest
 
 from batchgen.errors import ExitCode
 from batchgen.runner import _in_thread, backoff_s
-from batchgen.simulator import Fault, FaultPlan, SimSettings, parse_script
+from batchgen.simulator.faults import Fault, FaultPlan, parse_script
+from batchgen.simulator.server import SimSettings
 from batchgen.store import Store
 from tests.conftest import batch_manifest
 from tests.runs import assert_all_done, read_state, run_in_process

@@ -21,7 +21,8 @@ from batchgen.client import Client
 from batchgen.errors import ExitCode, OutputError
 from batchgen.launch import Target
 from batchgen.outputs import RunDir
-from batchgen.simulator import FaultPlan, SimSettings, parse_script
+from batchgen.simulator.faults import FaultPlan, parse_script
+from batchgen.simulator.server import SimSettings
 from tests.conftest import batch_manifest
 from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, run_in_process
 

@@ -11,8 +11,10 @@ import aiohttp
 import av
 import pytest
 
-from batchgen.simulator import DEFAULT_KEY, Fault, FaultPlan, SimSettings, parse_script
+from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.clips import make_clip
+from batchgen.simulator.faults import Fault, FaultPlan, parse_script
+from batchgen.simulator.server import SimSettings
 
 MODEL = "kling-3-standard-text2video"
 KEY = {"x-api-key": DEFAULT_KEY}

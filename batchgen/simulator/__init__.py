@@ -1,6 +1,7 @@
-"""The local stand-in for Segmind's API: see ``server.py``."""
+"""The local stand-in for Segmind's API: the server in ``server.py``, its faults in ``faults.py``.
 
-from batchgen.simulator.faults import Fault, FaultPlan, parse_script
-from batchgen.simulator.server import DEFAULT_KEY, SimSettings, Simulator, running_simulator
+Nothing is imported here, so that the CLI can name the simulator's default key and fault kinds in its help without
+loading aiohttp and PyAV (import ``server`` or ``faults`` for the rest).
+"""
 
-__all__ = ["DEFAULT_KEY", "Fault", "FaultPlan", "SimSettings", "Simulator", "parse_script", "running_simulator"]
+DEFAULT_KEY = "sim-key"  # the key the simulator accepts unless told otherwise

@@ -34,12 +34,12 @@ from aiohttp import web
 from batchgen.canonical import content_hash
 from batchgen.models import known_models, load_model
 from batchgen.pricing import clip_spec, estimate_micros, micros, usd
+from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.clips import make_clip, padded_chunks, padded_size, palette_of
 from batchgen.simulator.faults import Fault, FaultPlan
 from batchgen.simulator.ledger import Account, Charge, Seen
 from batchgen.validation import make_validator
 
-DEFAULT_KEY = "sim-key"
 RATE_WINDOW_S = 60.0
 
 
