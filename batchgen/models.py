@@ -49,9 +49,10 @@ def _models_dir() -> resources.abc.Traversable:
     return resources.files("batchgen").joinpath("schema", "models")
 
 
-def known_models() -> list[str]:
-    """The slugs of every model batchgen has a data file for."""
-    return sorted(p.name.removesuffix(".json") for p in _models_dir().iterdir() if p.name.endswith(".json"))
+@cache
+def known_models() -> tuple[str, ...]:
+    """The slugs of every model batchgen has a data file for (package data: listed once)."""
+    return tuple(sorted(p.name.removesuffix(".json") for p in _models_dir().iterdir() if p.name.endswith(".json")))
 
 
 @cache
