@@ -1,4 +1,4 @@
-"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (about 7 minutes on 2 cores)."""
+"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (about 6 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -85,35 +85,40 @@ def main() -> None:
 NOTES = """
 ## Where the time goes
 
-- **Overhead: not met, and not reachable on this machine while every video is checked with PyAV.** CPU measured
-  apart here: the bare loop spends 0.65 ms a job in its own process and the simulator 0.70 ms a job, so the baseline
-  already keeps both cores busy. At 0.8 × the baseline (~1,150 jobs/s) the two cores can spend at most 1.75 ms a
-  job in all; the simulator takes 0.70, an aiohttp client at least 0.65, and batchgen's check of each video (PyAV
-  opens it: duration, size, audio) 0.6 ms more, its poster frame 1.2 ms more (200 simulator clips, 3 rounds): over
-  the limit before any state, budget or log. py-spy `--gil` of a 5,000-job run: the placer's PyAV work holds the
-  GIL 30 % of the run and slows the loop beside it. Tried and kept: group commit (one `syncfs` for a batch of
-  videos, the renames, one fsync of the directory, one transaction marking them done: the syncs are now 0.4 s of a
-  5,000-job run, where two fsyncs a job also stalled every file creation on the loop behind the ext4 journal);
-  posters from the same PyAV reading as the check, from the keyframe at or before the middle, with a reformatter
-  kept per thread (probe + poster 4.9 → 1.8 ms); job logs written in a thread; the rate gate's deque (it filtered
-  a list on every submit). Tried and dropped: two placer threads (slower: 29.7 s instead of 26 s for 5,000 jobs,
-  GIL contention). Not tried: a process pool for the PyAV work; here it would share the second core with the
-  simulator (at best ~0.4 by the figures above); with more cores, or against the real provider, it is the next step.
-- **Makespan: at the edge of this machine's noise.** The bare loop itself measures 1.034 on the same simulator
-  (the ±50 ms jitter of 15 jobs in a row adds up), which leaves 8 ms a cycle for everything else. v1 measured
-  1.042-1.087 over the last two full runs; its cycle costs 3-5 ms more than the bare loop's (begin → POST 2 ms, the
-  loop shared with the placer). v2 went from 1.14 to 1.06-1.08: each job is now polled on its own schedule, often
-  across the window in which jobs finish (kept); a v2 cycle is three round trips (submit, status, result) where v1
-  has one, so its floor here is higher.
-- **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged (1.1 s). After
-  an edit every job is checked and expanded again (15-18 s, shown for scale): about half of it is the request schema
-  run on every combination (jsonschema's cost is per call, so checking each distinct field value alone was tried
-  and was no faster); a second half is parsing and expansion.
-- **Many in flight**: the earlier 6 % came from a 10 s window that saw a single round of polls; measured over 20 s
-  the per-job polls at 5 s cost 16 % of a core (about 1 ms a poll in aiohttp). `--max-polls-per-s` (default 50)
-  brings it to 7 %.
-- validate and plan of 10,000 jobs are about 0.9 s of interpreter start and imports (aiohttp, PyAV, jsonschema)
-  plus ~0.8 s of loading: the figures vary by ±30 % on this VM from one hour to the next.
+- **Overhead: not met, and out of reach of this design on 2 cores.** CPU per thread, read from `/proc` during a
+  5,000-job run (zero latency): the runner's event loop ~10 s, the thread that checks videos and makes posters
+  (PyAV) ~7 s, the simulator ~3 s, in an 18 s run: the two runner threads add up to the wall time, serialised by
+  the GIL. With the PyAV work switched off altogether (a local experiment, not a mode of batchgen) the same run
+  does 436-452 jobs/s instead of 276-282: moving PyAV to a process pool could reach ~0.25 of the bare loop at best,
+  and then the loop thread alone spends ~1.9 ms a job against the bare loop's whole ~0.5 ms — the money path's
+  transactions (the intent before each POST, billed on the answer, done in groups), the job log, the aiohttp
+  client. The pool was not built: child processes, Ctrl-C and a broken pool on the path that places paid clips,
+  for a figure that stays far from 0.8 and no gain against a provider that takes 3 minutes a clip.
+  Kept, this round: PyAV opened each poster's MJPEG encoder with an automatic thread count, two threads started
+  and joined per video (strace: 6,004 `clone3` in a 3,000-job run); with one, encoding a still takes 0.29 ms
+  instead of 0.92. The MP4 demuxer is named instead of guessed (the API answers `video/mp4`): opening 0.39 ms
+  instead of 0.53. Before: group commit (one `syncfs`, the renames, one fsync of the directory, one transaction
+  for a batch of videos), posters from the check's own reading, job logs written in a thread, the rate gate's
+  deque. Dropped: two placer threads (slower, GIL).
+  A quirk of this VM lowers the figure: its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`),
+  and without one ext4 will not reuse an inode freed in the last minute or more, so every file creation walks past
+  the recently freed ones (perf: `find_inode_bit` → `recently_deleted`, a quarter of the runner's CPU just after a
+  benchmark's temporary directory was removed). batchgen creates three files a job (video, poster, log), the bare
+  loop one.
+- **Makespan: v1 met, v2 a hair over; both at this machine's floor.** The bare loop, measured beside v1 and v2 on the same
+  warmed simulator, is the floor (its row above). The ±50 ms jitter alone makes 1.027 (300 jobs on 20 slots, a job to
+  the first free slot, 2,000 draws), and each of the bare loop's requests takes 5-6 ms longer than its latency even
+  without jitter (20 answers due at once on a 2-core box). v1 and v2 land within 0.005 of the bare loop's median (v1
+  below it in some runs): batchgen's own part of the makespan is within this noise. v2 asks each job 20 times across
+  the window in which jobs finish; 5, 10 and 40 were measured (medians 1.079, 1.066, 1.061 against 1.061 for 20).
+- **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged. After an
+  edit every job is checked and expanded again (shown for scale): about half of it is the request schema run on
+  every combination (jsonschema's cost is per call; checking each distinct field value alone was no faster), the
+  other half parsing and expansion.
+- **validate and plan**: the CLI imports aiohttp, PyAV, tqdm and asyncio only for the commands that run jobs
+  (`--help` 0.21 s, was 0.74 s); what remains of 10,000 jobs is PyYAML, jsonschema and expansion.
+- **Many in flight**: per-job polls at 5 s would cost 16 % of a core for 2,000 jobs (about 1 ms a poll in
+  aiohttp); `--max-polls-per-s` (default 50) stretches the interval with the number in flight.
 """
 
 
