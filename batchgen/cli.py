@@ -611,6 +611,9 @@ def _add_status(commands: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from batchgen.launch import open_state
+    from batchgen.report import status_data, status_text
+
     root = _root_of(args)
     if args.html:
         page = root / "index.html"
@@ -618,9 +621,6 @@ def _status(args: argparse.Namespace) -> int:
             raise UsageError(f"no gallery in {root} yet: `batchgen report --out {root}` writes it")
         print(page.resolve())
         return int(ExitCode.OK)
-    from batchgen.launch import open_state
-    from batchgen.report import status_data, status_text
-
     with open_state(root) as (_, store):
         data = status_data(store)
     print(json.dumps(data, indent=2) if args.json else status_text(data))

@@ -165,8 +165,8 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
     effort: a video without one is still a video).
     """
     try:
-        # The provider answers video/mp4: the MP4 demuxer named (no format guessing, a third of the open), one
-        # decoder thread (a single frame is decoded at most)
+        # The provider answers video/mp4: the MP4 demuxer is named (no guessing of the format: a quarter of the
+        # open), and one decoder thread is enough for the single frame decoded at most
         with av.open(str(path), format="mp4", options={"threads": "1"}) as container:
             if not container.streams.video:
                 raise ProtocolError("the file has no video stream")
@@ -211,7 +211,7 @@ def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
     if frame is None:
         raise ProtocolError(f"{poster.stem} has no frame to show")
     encoder = av.CodecContext.create("mjpeg", "w")
-    encoder.thread_count = 1  # one small still: two encoder threads started and joined per poster cost more than it
+    encoder.thread_count = 1  # one small still: starting and joining two threads cost more than encoding it
     encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
     if stream.time_base is not None:
         encoder.time_base = stream.time_base
