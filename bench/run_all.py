@@ -105,12 +105,14 @@ NOTES = """
   the recently freed ones (perf: `find_inode_bit` → `recently_deleted`, a quarter of the runner's CPU just after a
   benchmark's temporary directory was removed). batchgen creates three files a job (video, poster, log), the bare
   loop one.
-- **Makespan: v1 met, v2 a hair over; both at this machine's floor.** The bare loop, measured beside v1 and v2 on the same
-  warmed simulator, is the floor (its row above). The ±50 ms jitter alone makes 1.027 (300 jobs on 20 slots, a job to
-  the first free slot, 2,000 draws), and each of the bare loop's requests takes 5-6 ms longer than its latency even
-  without jitter (20 answers due at once on a 2-core box). v1 and v2 land within 0.005 of the bare loop's median (v1
-  below it in some runs): batchgen's own part of the makespan is within this noise. v2 asks each job 20 times across
-  the window in which jobs finish; 5, 10 and 40 were measured (medians 1.079, 1.066, 1.061 against 1.061 for 20).
+- **Makespan: v1 met, v2 a hair over; both at this machine's floor.** The bare loop, measured beside v1 and v2 on the
+  same warmed simulator, is the floor (its row above). The ±50 ms jitter alone makes 1.027 (300 jobs on 20 slots, a
+  job to the first free slot, 2,000 draws), and each of the bare loop's requests takes 5-6 ms longer than its latency
+  even without jitter: 20 answers due at once on a 2-core box, and waking up — one request at a time, an answer due
+  after 0.1 s comes 2.3 ms after it where an immediate one takes 0.9 ms, while `asyncio.sleep` itself overshoots 0.4
+  ms: the rest is two idle processes woken on a VM. v1 and v2 land within 0.005 of the bare loop's median (v1 below it
+  in some runs): batchgen's own part of the makespan is within this noise. v2 asks each job 20 times across the window
+  in which jobs finish; 5, 10 and 40 were measured (medians 1.079, 1.066, 1.061 against 1.061 for 20).
 - **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged. After an
   edit every job is checked and expanded again (shown for scale): about half of it is the request schema run on
   every combination (jsonschema's cost is per call; checking each distinct field value alone was no faster), the
