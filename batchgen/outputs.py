@@ -171,12 +171,7 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
             if not container.streams.video:
                 raise ProtocolError("the file has no video stream")
             video = container.streams.video[0]
-            if video.duration is not None and video.time_base is not None:
-                seconds = float(video.duration * video.time_base)
-            elif container.duration is not None:
-                seconds = container.duration / 1_000_000
-            else:
-                seconds = 0.0
+            seconds = _seconds(container)
             probe = {
                 "duration_s": round(seconds, 3),
                 "width": video.codec_context.width,
@@ -196,9 +191,17 @@ def make_poster(video: Path, poster: Path) -> None:
     """A JPEG still from the middle of ``video`` (the keyframe at or before it), written atomically to ``poster``
     (PyAV only, no imaging library)."""
     with av.open(str(video), format="mp4", options={"threads": "1"}) as container:
-        stream = container.streams.video[0]
-        middle = float(stream.duration * stream.time_base) / 2 if stream.duration and stream.time_base else 0.0
-        _write_poster(container, middle, poster)
+        _write_poster(container, _seconds(container) / 2, poster)
+
+
+def _seconds(container: Any) -> float:
+    """The duration of an open container's first video stream (the container's when the stream has none)."""
+    video = container.streams.video[0]
+    if video.duration is not None and video.time_base is not None:
+        return float(video.duration * video.time_base)
+    if container.duration is not None:
+        return float(container.duration) / 1_000_000
+    return 0.0
 
 
 def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
