@@ -210,6 +210,7 @@ class Runner:
         self.stop = _Stop()
         self.posting: set[str] = set()
         self.watching: dict[str, JobRow] = {}
+        self.generated: set[str] = set()  # watched jobs the provider says are generated: their slot is free already
         self.downloading: set[str] = set()
         self.past_ttl: set[str] = set()  # submitted jobs followed through the request history
         self.durations: list[float] = []
@@ -692,21 +693,21 @@ class Runner:
                 if job.id in self.past_ttl:
                     completed = await self._poll_history(job)
                 else:
-                    state = await self.client.status(job.status_url or "")
-                    completed = await self.client.result(job.response_url or "") if state == "COMPLETED" else None
+                    completed = None
+                    if await self.client.status(job.status_url or "") == "COMPLETED":
+                        await self._generation_over(job)
+                        completed = await self.client.result(job.response_url or "")
             except AnswerError as exc:
                 await self._poll_failed(job, exc.decision)
                 return
         if completed is None:
             return
         self.past_ttl.discard(job.id)
+        await self._generation_over(job)
+        del self.watching[job.id]
+        self.generated.discard(job.id)
         now = self.clock()
         self.store.mark_completed(job.id, completed.cost_micros, completed.video_url, now)
-        if job.submitted_at is not None:
-            self.durations.append(now - job.submitted_at)
-            self.polls.observe(now - job.submitted_at)
-        del self.watching[job.id]
-        await self.slots.release()
         self._settled(job.id)
         if completed.video_url is None:
             self.store.download_failed(job.id, "the provider completed the job but named no video URL", 0, True, now)
@@ -715,6 +716,18 @@ class Runner:
         else:
             self._queue_download(job.id, 0)
         self._notify()
+
+    async def _generation_over(self, job: JobRow) -> None:
+        """The provider says a watched job is generated: its slot is free for the next submit at once (the result's
+        GET that follows is no generation), and its duration tells the poll schedule when jobs finish. Once a job."""
+        if job.id in self.generated:
+            return
+        self.generated.add(job.id)
+        if job.submitted_at is not None:
+            duration = self.clock() - job.submitted_at
+            self.durations.append(duration)
+            self.polls.observe(duration)
+        await self.slots.release()
 
     async def _poll_failed(self, job: JobRow, decision: Decision) -> None:
         """A poll that did not say COMPLETED: a FAILED generation or a forgotten request ends the attempt;
@@ -727,7 +740,9 @@ class Runner:
             self._event("info", job.id, f"↻ request {job.request_id} past its TTL: following it in the history")
         elif decision.action in ("lost", "fail_job") or decision.status == 422:
             self.watching.pop(job.id, None)
-            await self._attempt_failed(job, decision)
+            slot_held = job.id not in self.generated
+            self.generated.discard(job.id)
+            await self._attempt_failed(job, decision, slot_held=slot_held)
 
     async def _poll_history(self, job: JobRow) -> Completed | None:
         """A request past the status endpoints' TTL, followed by its row in the request history."""

@@ -34,6 +34,25 @@ async def test_happy_path_holds_the_concurrency_cap(make_sim, write_manifest, tm
     assert run_log.count("→ submit (attempt 1)") == 9 and run_log.count("← done") == 9
 
 
+async def test_a_v2_slot_is_free_once_the_generation_is_over_and_only_once(
+    make_sim, write_manifest, tmp_path: Path
+) -> None:
+    # The first job's result fails twice after its status said COMPLETED: the next job is submitted meanwhile (the
+    # generation is over), and the polls that see COMPLETED again give no second slot back (a third job would then
+    # run beside the second).
+    faults = FaultPlan(script=parse_script("result:1=500,result:2=500"))
+    sim = await make_sim(SimSettings(latency_s=0.15), faults=faults)
+    path = write_manifest(batch_manifest(3, extra="concurrency: 1\n"))
+    result = await run_in_process(path, tmp_path / "out", sim, transport="v2", poll_interval_s=0.02)
+    assert result.exit_code == ExitCode.OK
+    assert_all_done(tmp_path / "out", 3)
+    assert sim.account().peak_in_progress == 1 and len(sim.account().charges) == 3
+    store = read_state(tmp_path / "out")
+    first, second, _ = store.jobs()
+    store.close()
+    assert first.completed_at and second.submitted_at and second.submitted_at < first.completed_at
+
+
 @pytest.mark.parametrize("mode", ["url", "base64"])
 async def test_v1_json_answers_are_handled(make_sim, write_manifest, tmp_path: Path, mode: str) -> None:
     sim = await make_sim(SimSettings(v1_mode=mode))
