@@ -347,7 +347,8 @@ def _add_run(commands: Any) -> None:
         "--poll-interval-s",
         type=float,
         metavar="S",
-        help="seconds between polls of a submitted job outside the window in which jobs finish (default 5)",
+        help="seconds between polls of a submitted job until jobs were seen finishing; then the least gap before "
+        "the window in which they finish and the most after it (default 5)",
     )
     command.add_argument(
         "--max-polls-per-s",

@@ -25,7 +25,7 @@ def test_every_interval_until_enough_jobs_finished() -> None:
     assert all(0.8 <= gap <= 1.2 for gap in gaps)  # the interval, jittered ± 20 %
 
 
-def test_often_across_the_window_and_every_interval_around_it() -> None:
+def test_halfway_to_the_window_often_across_it_and_doubling_after_it() -> None:
     schedule = PollSchedule(1.0, random.Random(7))
     for duration in (10.0, 12.0, 11.0, 10.5, 11.5):
         schedule.observe(duration)
@@ -34,10 +34,39 @@ def test_often_across_the_window_and_every_interval_around_it() -> None:
     before = [t for t in times if t < 10.0]
     inside = [t for t in times if 10.0 <= t < 12.0]
     after = [t for t in times if t >= 12.0]
-    assert 8 <= len(before) <= 13  # every ~1 s, and the last one lands on the window's start
+    assert before[:3] == [5.0, 7.5, 8.75] and len(before) == 4  # halfway each time, until an interval is longer
+    assert 0.8 <= before[3] - before[2] <= 1.2
     assert inside[0] == 10.0 and len(inside) == STEPS_IN_WINDOW
     assert all(abs((b - a) - 0.1) < 1e-6 for a, b in pairwise(inside))  # a twentieth of 2 s
-    assert all(0.8 <= b - a <= 1.2 for a, b in pairwise(after))
+    gaps = [round(b - a, 6) for a, b in pairwise([inside[-1], *after])]
+    assert gaps[:5] == [0.1, 0.1, 0.1, 0.2, 0.4]  # twice as far from the end each time...
+    assert all(0.8 <= gap <= 1.2 for gap in gaps[6:])  # ...up to the interval
+
+
+def test_a_realistic_job_is_asked_far_fewer_times_and_seen_as_soon() -> None:
+    rng = random.Random(1)
+    schedule = PollSchedule(5.0, random.Random(2))
+    for _ in range(SAMPLES):
+        schedule.observe(rng.uniform(160.0, 190.0))
+    polls, late = [], []
+    for _ in range(500):
+        finish, now, count = rng.uniform(160.0, 190.0), 0.0, 0
+        while now < finish:
+            now, count = schedule.next_at(0.0, now), count + 1
+        polls.append(count)
+        late.append(now - finish)
+    assert max(polls) <= 30 and sum(polls) / len(polls) < 20  # every 5 s from the submit: ~40 on average
+    assert max(late) <= 30.0 / STEPS_IN_WINDOW + 1e-6
+
+
+def test_a_job_slower_than_any_seen_is_seen_about_as_late_as_it_is_slow() -> None:
+    schedule = PollSchedule(60.0, random.Random(5))
+    for _ in range(MIN_SAMPLES):
+        schedule.observe(100.0)  # a window of one instant
+    now = 100.0
+    while now < 103.0:  # the job finishes 3 s after the window
+        now = schedule.next_at(0.0, now)
+    assert now - 103.0 <= 3.0 + 1e-6  # not up to a minute later
 
 
 def test_the_window_follows_the_recent_durations() -> None:
