@@ -547,9 +547,12 @@ class Runner:
     async def _post_v1(self, job: JobRow) -> None:
         part = PartFile(self.run_dir.video(job.id))
         billed: list[Completed] = []
+        posted_at = self.clock()
 
         def on_billed(completed: Completed) -> None:
-            self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, self.clock())
+            now = self.clock()
+            self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, now)
+            self.durations.append(now - posted_at)  # the answer's head: the generation is over
             billed.append(completed)
 
         try:

@@ -19,6 +19,7 @@ from aiohttp import web
 from batchgen import expand, load_manifest
 from batchgen.client import Client
 from batchgen.launch import open_run
+from batchgen.models import Model
 from batchgen.pricing import micros
 from batchgen.runner import Event, Runner, RunResult, RunSettings
 from batchgen.simulator import DEFAULT_KEY
@@ -37,9 +38,11 @@ async def run_in_process(
     events: list[Event] | None = None,
     history: bool = True,
     history_url: str | None = None,
+    model: Model | None = None,
     **settings: object,
 ) -> RunResult:
-    """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given."""
+    """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given (and
+    ``model`` instead of the manifest's, say with another typical generation time)."""
     manifest = load_manifest(manifest_path)
     jobs = expand(manifest)
     history_url = history_url or (sim.base_url if history else None)
@@ -56,7 +59,8 @@ async def run_in_process(
     run_settings = RunSettings(**options)  # type: ignore[arg-type]
     with open_run(out, manifest, jobs, run_settings.budget_micros) as (run_dir, store):
         async with Client(sim.base_url, key, manifest.model.slug, history_url=history_url) as client:
-            runner = Runner(store, run_dir, client, manifest.model, run_settings, on_event=(events or []).append)
+            model = model or manifest.model
+            runner = Runner(store, run_dir, client, model, run_settings, on_event=(events or []).append)
             return await runner.run()
 
 

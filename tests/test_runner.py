@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from batchgen import load_manifest
 from batchgen.errors import ExitCode
 from batchgen.runner import _in_thread, backoff_s
 from batchgen.simulator.faults import Fault, FaultPlan, parse_script
@@ -224,6 +227,21 @@ async def test_deadline_in_the_past_skips_everything(make_sim, write_manifest, t
     result = await run_in_process(write_manifest(batch_manifest(2)), tmp_path / "out", sim, deadline=1.0)
     assert (result.exit_code, result.counts["skipped"]) == (ExitCode.BUDGET, 2)
     assert sum(sim.hits.values()) <= 1
+
+
+@pytest.mark.parametrize("transport", ["v2", "v1"])
+async def test_the_deadline_learns_how_long_jobs_take(make_sim, write_manifest, tmp_path: Path, transport: str) -> None:
+    # The model says 10 ms; the provider takes 0.4 s. Jobs one at a time, the deadline 1.1 s away: once the first job
+    # has taken 0.4 s, the third, due at 0.8 s, would end late, and is not started (it was, trusting the model).
+    sim = await make_sim(SimSettings(latency_s=0.4))
+    manifest = write_manifest(batch_manifest(6, extra="concurrency: 1\n"))
+    model = dataclasses.replace(load_manifest(manifest).model, typical_generation_s=0.01)
+    deadline = time.time() + 1.1
+    result = await run_in_process(manifest, tmp_path / "out", sim, model=model, transport=transport, deadline=deadline)
+    assert result.exit_code == ExitCode.BUDGET and 1 <= result.counts["done"] <= 2
+    store = read_state(tmp_path / "out")
+    assert all(job.finished_at and job.finished_at <= deadline for job in store.jobs(["done"]))
+    store.close()
 
 
 def test_backoff_is_full_jitter_and_capped() -> None:
