@@ -58,7 +58,10 @@ async def test_v1_transport_through_the_cli(make_sim, write_manifest, tmp_path: 
 async def test_sigkill_mid_batch_then_resume_pays_no_finished_job_twice(make_sim, write_manifest, tmp_path) -> None:
     sim = await make_sim(SimSettings(latency_s=0.3))
     path, out = write_manifest(batch_manifest(16, extra="concurrency: 4\n")), tmp_path / "out"
+    # A kill between a submit's intent and its POST leaves a job the history will never show: the resume waits the
+    # history's lag before submitting it again (120 s by default; this simulator's history has no lag).
     args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--no-progress")
+    args += ("--history-lag-s", "1")
     process = await start_cli(*args, env=cli_env(sim))
     await _wait_for_lines(out / "run.log", "← done", 3)
     process.kill()
