@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import bare_loop, cli, env_for, manifest, simulator_process, warm_up
+from bench.common import bare_loop, cli, env_for, manifest, settle_disk, simulator_process, warm_up
 
 JOBS, CONCURRENCY = 5000, 64
 
@@ -38,13 +38,15 @@ def batchgen_rate(url: str, work: Path, jobs: int) -> float:
 
 
 def main(repeats: int = 3, jobs: int = JOBS) -> dict[str, list[float]]:
-    """Jobs/s of each, over ``repeats``."""
-    figures: dict[str, list[float]] = {"baseline": [], "batchgen": [], "ratio": []}
+    """Jobs/s of each, over ``repeats``, and the cost of creating a file just before each measured run (ms)."""
+    figures: dict[str, list[float]] = {"baseline": [], "batchgen": [], "ratio": [], "file_ms": []}
     with simulator_process("--latency-s", "0") as url, tempfile.TemporaryDirectory() as tmp:
         warm_up(url)
         for _ in range(repeats):
             work = Path(tempfile.mkdtemp(dir=tmp))
+            figures["file_ms"].append(settle_disk(work))
             base = jobs / asyncio.run(bare_loop(url, work, jobs, CONCURRENCY))
+            figures["file_ms"].append(settle_disk(work))
             ours = batchgen_rate(url, work, jobs)
             figures["baseline"].append(base)
             figures["batchgen"].append(ours)

@@ -1,4 +1,4 @@
-"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (about 6 minutes on 2 cores)."""
+"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (about 7 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,20 @@ TARGETS = [
     ),
     ("overhead", "baseline", "bare aiohttp loop, jobs/s", "", None),
     ("overhead", "batchgen", "batchgen full pipeline, jobs/s", "", None),
+    ("overhead", "file_ms", "creating a file, just before each side's run (ms; see the notes)", "", None),
     ("makespan", "bare", "bare aiohttp loop makespan ÷ ideal (the floor, same simulator)", "", None),
     ("makespan", "v1", "v1 makespan ÷ ideal (300 jobs, 0.5 s, c=20)", "≤ 1.05", lambda v: v <= 1.05),
     ("makespan", "v2", "v2 makespan ÷ ideal (300 jobs, 0.5 s, c=20)", "≤ 1.05", lambda v: v <= 1.05),
+    (
+        "makespan",
+        "floor",
+        "the jitter's share: each run's own latencies on 20 slots, no time lost between them, ÷ ideal (all runs)",
+        "",
+        None,
+    ),
+    ("makespan", "excess-bare", "makespan ÷ ideal beyond the run's jitter share: bare aiohttp loop", "", None),
+    ("makespan", "excess-v1", "the same: v1", "", None),
+    ("makespan", "excess-v2", "the same: v2", "", None),
     ("memory", "rss_mb_64mb_videos", "peak RSS, 64 × 64 MB videos, c=16 (MB)", "≤ 150", lambda v: v <= 150),
     ("memory", "rss_mb_1mb_videos", "peak RSS, 64 × 1 MB videos, c=16 (MB)", "", None),
     ("memory", "ratio", "64 MB run ÷ 1 MB run", "≤ 1.10", lambda v: v <= 1.10),
@@ -59,7 +70,7 @@ def main() -> None:
     started = time.time()
     results = {
         "overhead": overhead.main(repeats=3),
-        "makespan": makespan.main(repeats=3),
+        "makespan": makespan.main(repeats=5),
         "memory": memory.main(repeats=2),
         "scale": scale.main(repeats=3),
         "inflight": inflight.main(repeats=2),
@@ -85,34 +96,45 @@ def main() -> None:
 NOTES = """
 ## Where the time goes
 
-- **Overhead: not met, and out of reach of this design on 2 cores.** CPU per thread, read from `/proc` during a
-  5,000-job run (zero latency): the runner's event loop ~10 s, the thread that checks videos and makes posters
-  (PyAV) ~7 s, the simulator ~3 s, in an 18 s run: the two runner threads add up to the wall time, serialised by
-  the GIL. With the PyAV work switched off altogether (a local experiment, not a mode of batchgen) the same run
-  does 436-452 jobs/s instead of 276-282: moving PyAV to a process pool could reach ~0.25 of the bare loop at best,
-  and then the loop thread alone spends ~1.9 ms a job against the bare loop's whole ~0.5 ms — the money path's
-  transactions (the intent before each POST, billed on the answer, done in groups), the job log, the aiohttp
-  client. The pool was not built: child processes, Ctrl-C and a broken pool on the path that places paid clips,
-  for a figure that stays far from 0.8 and no gain against a provider that takes 3 minutes a clip.
-  Kept, this round: PyAV opened each poster's MJPEG encoder with an automatic thread count, two threads started
-  and joined per video (strace: 6,004 `clone3` in a 3,000-job run); with one, encoding a still takes 0.29 ms
-  instead of 0.92. The MP4 demuxer is named instead of guessed (the API answers `video/mp4`): opening 0.39 ms
-  instead of 0.53. Before: group commit (one `syncfs`, the renames, one fsync of the directory, one transaction
-  for a batch of videos), posters from the check's own reading, job logs written in a thread, the rate gate's
-  deque. Dropped: two placer threads (slower, GIL).
-  A quirk of this VM lowers the figure: its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`),
-  and without one ext4 will not reuse an inode freed in the last minute or more, so every file creation walks past
-  the recently freed ones (perf: `find_inode_bit` → `recently_deleted`, a quarter of the runner's CPU just after a
-  benchmark's temporary directory was removed). batchgen creates three files a job (video, poster, log), the bare
-  loop one.
-- **Makespan: v1 met, v2 a hair over; both at this machine's floor.** The bare loop, measured beside v1 and v2 on the
-  same warmed simulator, is the floor (its row above). The ±50 ms jitter alone makes 1.027 (300 jobs on 20 slots, a
-  job to the first free slot, 2,000 draws), and each of the bare loop's requests takes 5-6 ms longer than its latency
-  even without jitter: 20 answers due at once on a 2-core box, and waking up — one request at a time, an answer due
-  after 0.1 s comes 2.3 ms after it where an immediate one takes 0.9 ms, while `asyncio.sleep` itself overshoots 0.4
-  ms: the rest is two idle processes woken on a VM. v1 and v2 land within 0.005 of the bare loop's median (v1 below it
-  in some runs): batchgen's own part of the makespan is within this noise. v2 asks each job 20 times across the window
-  in which jobs finish; 5, 10 and 40 were measured (medians 1.079, 1.066, 1.061 against 1.061 for 20).
+- **Overhead: not met, and out of reach of this design on 2 cores.** batchgen takes ~2.5 ms a job where the bare loop
+  takes ~0.3. CPU per thread, read from `/proc` during a 5,000-job run (zero latency, the previous round): the
+  runner's event loop ~10 s, the thread that checks videos and makes posters (PyAV) ~7 s, the simulator ~3 s, in an 18
+  s run: the two runner threads add up to the wall time, serialised by the GIL. The PyAV thread, per video (medians of
+  300, `/dev/shm`): opening and reading the MP4 0.41 ms; with the poster 1.6-2.3 ms (seek and decode the keyframe,
+  convert and encode the JPEG 0.2-0.4 ms, write it). An MJPEG encoder kept per thread would save 0.05-0.2 ms of that:
+  not done. With the PyAV work switched off altogether (a local experiment, not a mode of batchgen) the run went from
+  276-282 to 436-452 jobs/s: moving PyAV to a process pool could reach ~0.25 of the bare loop as it measured then, at
+  best, and the loop thread alone spends ~1.9 ms a job — the money path's transactions (the intent before each POST,
+  billed on the answer, done in groups), the job log, the aiohttp client. The pool was not built: child processes,
+  Ctrl-C and a broken pool on the path that places paid clips, for a figure that stays far from 0.8 and no gain
+  against a provider that takes 3 minutes a clip. Kept before: PyAV with one thread for the poster's MJPEG encoder
+  (two threads started and joined per video otherwise), the MP4 demuxer named, group commit (one `syncfs`, the
+  renames, one fsync of the directory, one transaction for a batch of videos), posters from the check's own reading,
+  job logs written in a thread. Dropped: two placer threads (slower, GIL).
+  **This VM's disk needs settling first.** Its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`),
+  and without one ext4 skips inodes freed in the last minute or five: each file creation in their block group walks
+  past all of them (perf: `find_inode_bit` → `recently_deleted`). After the tests or another benchmark removed their
+  files, creating a file costs ~1 ms instead of ~0.035: the bare loop measured 808 jobs/s right after 20,000 files
+  were removed, 1,736-1,955 in the runs after, and one earlier `run_all` gave a ratio of 0.33 (bare loop 699-813
+  jobs/s). `overhead.py` now waits before each side's run until creating a file costs at most 0.15 ms (the row
+  "creating a file"); both sides are faster for it (bare loop 3,204 jobs/s, batchgen 403, against 1,948 and 293 in
+  the last results without it) and the ratio is 0.135 (was 0.157). On a journaled ext4 (a loop-mounted image) the
+  ratio was 0.136-0.137: the quirk moves both sides, it does not explain the gap.
+- **Makespan: met for v1 and v2, at this machine's floor; a single run meets 1.05 or not mostly by its draws.** Each
+  run's own latencies (the simulator's request history), on 20 slots with no time lost between jobs, already make
+  1.016-1.041 of the ideal (the row "the jitter's share"): a run whose draws make 1.041 cannot meet 1.05 with even
+  the bare loop's excess. What each run took beyond its own draws: the bare loop ~0.011 (20 answers due at once on a
+  2-core box: one request at a time, an answer due after 0.1 s comes 2.3 ms after it where an immediate one takes
+  0.9 ms, and `asyncio.sleep` itself overshoots 0.4 ms), v1 ~0.014, v2 ~0.018: v2 has to notice each job finishing
+  (the critical chain of one run: 4-7 ms a job from its end to the next submit, 2-3.5 ms from the intent to the
+  simulator taking the POST, 12-18 ms to fetch and place the last video). This round: a v2 slot is given back when
+  the status says COMPLETED instead of after the result's GET (the next submit ~2 ms sooner a cycle); polls go
+  halfway to the window in which jobs finish instead of every interval (here 19.6 → 14.8 polls a job; with a 5 s
+  interval and 160-190 s generations 42.7 → 16.5, PollSchedule alone), and double their distance after it. Tried
+  and dropped: waking every job of the first wave once the window is known (15 jobs polled every 5 ms at once
+  saturate the two cores: the first wave was seen later, not sooner); the interval at L/20 instead of L/10 (excess
+  0.020-0.027 against 0.022-0.028, no change). Before: 5, 10, 20, 40 polls across the window (medians 1.079, 1.066,
+  1.061, 1.061: 20 kept).
 - **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged. After an
   edit every job is checked and expanded again (shown for scale): about half of it is the request schema run on
   every combination (jsonschema's cost is per call; checking each distinct field value alone was no faster), the
