@@ -354,7 +354,8 @@ def _add_run(commands: Any) -> None:
         "--max-polls-per-s",
         type=float,
         metavar="N",
-        help="at most N polls a second for all the jobs in flight together, outside that window (default 50)",
+        help="at most N polls a second for all the jobs in flight outside that window together, and N for those "
+        "across it (default 50)",
     )
     command.add_argument(
         "--backoff-base-s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 from itertools import pairwise
 
@@ -45,11 +46,12 @@ def test_halfway_to_the_window_often_across_it_and_doubling_after_it() -> None:
 
 def test_a_realistic_job_is_asked_far_fewer_times_and_seen_as_soon() -> None:
     rng = random.Random(1)
-    schedule = PollSchedule(5.0, random.Random(2))
-    for _ in range(SAMPLES):
-        schedule.observe(rng.uniform(160.0, 190.0))
+    durations = [rng.uniform(160.0, 190.0) for _ in range(SAMPLES)]
     polls, late = [], []
     for _ in range(500):
+        schedule = PollSchedule(5.0, random.Random(2))  # one job's life at a time: each with its own clock
+        for duration in durations:
+            schedule.observe(duration)
         finish, now, count = rng.uniform(160.0, 190.0), 0.0, 0
         while now < finish:
             now, count = schedule.next_at(0.0, now), count + 1
@@ -93,3 +95,24 @@ def test_many_in_flight_stretch_the_interval_to_fifty_polls_a_second() -> None:
     many = [schedule.next_at(0.0, 0.0, in_flight=2000) for _ in range(200)]
     assert min(few) >= 4.0 and max(few) <= 6.0
     assert min(many) >= 32.0 and max(many) <= 48.0  # 2,000 jobs / 50 polls a second = every 40 s
+
+
+def test_a_wave_in_its_window_at_once_shares_the_cap() -> None:
+    # 500 jobs submitted together, all in their 30 s window at once: a twentieth of it (1.5 s) each would be 333
+    # polls a second; the cap is 50.
+    schedule = PollSchedule(5.0, random.Random(11), max_polls_per_s=50)
+    for duration in (160.0, 190.0, 175.0, 170.0, 180.0):
+        schedule.observe(duration)
+    polls = [(160.0 + n * 0.002, n) for n in range(500)]  # each job's first poll in the window
+    heapq.heapify(polls)
+    asked: list[float] = []
+    while polls and polls[0][0] < 190.0:
+        now, job = heapq.heappop(polls)
+        asked.append(now)
+        heapq.heappush(polls, (schedule.next_at(0.0, now, in_flight=500), job))
+    per_second = [sum(1 for t in asked if second <= t < second + 1) for second in range(165, 189)]
+    assert max(per_second) <= 60 and min(per_second) >= 35  # the cap, after the first seconds' handouts
+    lone = PollSchedule(5.0, random.Random(11), max_polls_per_s=50)
+    for duration in (160.0, 190.0, 175.0, 170.0, 180.0):
+        lone.observe(duration)
+    assert lone.next_at(0.0, 170.0) == 171.5  # one job alone: a twentieth of the window
