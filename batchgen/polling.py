@@ -11,9 +11,9 @@ is slow, not up to an interval late.
 
 Outside windows the interval stretches with the number of jobs in flight, so that they are asked at most
 ``max_polls_per_s`` times a second all together (by default 50; 2,000 in flight: each every 40 s); across windows
-the step stretches with the number of jobs in theirs, to the same rate (500 jobs submitted together, in their
-30 s window at once: each every 10 s, not every 1.5 s). Many jobs in flight cost the provider and this machine no
-more than fifty polls a second outside windows and fifty across them (about 5 % of a core here for each).
+the polls are handed out at most as often, in turn (jobs submitted together finish together: 500 in their 30 s
+window at once are each asked about every 10 s, not every 1.5 s). Many jobs in flight cost the provider and this
+machine no more than fifty polls a second outside windows and fifty across them (about 5 % of a core here each).
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ class PollSchedule:
             del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
         self._recent.append(duration_s)
         bisect.insort(self._sorted, duration_s)
+
+    def median(self) -> float | None:
+        """The median recent duration, once any was seen."""
+        return self._sorted[len(self._sorted) // 2] if self._sorted else None
 
     def window(self) -> tuple[float, float] | None:
         """The shortest and the longest recent duration, once enough were seen."""

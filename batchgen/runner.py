@@ -25,7 +25,6 @@ import collections
 import contextlib
 import os
 import random
-import statistics
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -213,7 +212,6 @@ class Runner:
         self.generated: set[str] = set()  # watched jobs the provider says are generated: their slot is free already
         self.downloading: set[str] = set()
         self.past_ttl: set[str] = set()  # submitted jobs followed through the request history
-        self.durations: list[float] = []
         self.polls = PollSchedule(settings.poll_interval_s, self.random, settings.max_polls_per_s)
         self._poll_limit = asyncio.Semaphore(settings.poll_parallel)
         self.warned_budget = False
@@ -521,7 +519,8 @@ class Runner:
         deadline = self.settings.deadline
         if deadline is None:
             return False
-        expected = statistics.median(self.durations) if self.durations else self.model.typical_generation_s
+        median = self.polls.median()
+        expected = self.model.typical_generation_s if median is None else median
         if self.clock() + expected <= deadline:
             return False
         for job in self.store.jobs(["pending"]):
@@ -552,7 +551,7 @@ class Runner:
         def on_billed(completed: Completed) -> None:
             now = self.clock()
             self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, now)
-            self.durations.append(now - posted_at)  # the answer's head: the generation is over
+            self.polls.observe(now - posted_at)  # the answer's head: the generation is over
             billed.append(completed)
 
         try:
@@ -727,9 +726,7 @@ class Runner:
             return
         self.generated.add(job.id)
         if job.submitted_at is not None:
-            duration = self.clock() - job.submitted_at
-            self.durations.append(duration)
-            self.polls.observe(duration)
+            self.polls.observe(self.clock() - job.submitted_at)
         await self.slots.release()
 
     async def _poll_failed(self, job: JobRow, decision: Decision) -> None:

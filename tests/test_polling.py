@@ -73,11 +73,12 @@ def test_a_job_slower_than_any_seen_is_seen_about_as_late_as_it_is_slow() -> Non
 
 def test_the_window_follows_the_recent_durations() -> None:
     schedule = PollSchedule(5.0)
+    assert schedule.median() is None
     for _ in range(SAMPLES):
         schedule.observe(180.0)
     for _ in range(SAMPLES):
         schedule.observe(60.0)  # the provider got faster: the old durations are forgotten
-    assert schedule.window() == (60.0, 60.0)
+    assert schedule.window() == (60.0, 60.0) and schedule.median() == 60.0
 
 
 def test_a_narrow_window_is_not_polled_in_a_tight_loop() -> None:
