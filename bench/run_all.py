@@ -111,21 +111,22 @@ NOTES = """
   (two threads started and joined per video otherwise), the MP4 demuxer named, group commit (one `syncfs`, the
   renames, one fsync of the directory, one transaction for a batch of videos), posters from the check's own reading,
   job logs written in a thread. Dropped: two placer threads (slower, GIL).
-  **This VM's disk needs settling first.** Its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`),
-  and without one ext4 skips inodes freed in the last minute or five: each file creation in their block group walks
-  past all of them (perf: `find_inode_bit` → `recently_deleted`). After the tests or another benchmark removed their
-  files, creating a file costs ~1 ms instead of ~0.035: the bare loop measured 808 jobs/s right after 20,000 files
-  were removed, 1,736-1,955 in the runs after, and one earlier `run_all` gave a ratio of 0.33 (bare loop 699-813
-  jobs/s). `overhead.py` now waits before each side's run until creating a file costs at most 0.15 ms (the row
-  "creating a file"); both sides are faster for it (bare loop 3,204 jobs/s, batchgen 403, against 1,948 and 293 in
-  the last results without it) and the ratio is 0.135 (was 0.157). On a journaled ext4 (a loop-mounted image) the
-  ratio was 0.136-0.137: the quirk moves both sides, it does not explain the gap.
+  **This VM's disk needs settling first.** Its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`), and
+  without one ext4 skips inodes freed in the last minute or five: each file creation in their block group walks past
+  all of them (perf: `find_inode_bit` → `recently_deleted`). After the tests or another benchmark removed their files,
+  creating a file costs ~1 ms instead of ~0.035: the bare loop measured 808 jobs/s right after 20,000 files were
+  removed, 1,736-1,955 in the runs after, and one earlier `run_all` gave a ratio of 0.33 (bare loop 699-813 jobs/s).
+  `overhead.py` now waits before each side's run until creating a file costs at most 0.15 ms (the row "creating a
+  file"); both sides are faster for it (medians of two settled runs of `run_all`: bare loop 3,204 and 2,323 jobs/s,
+  batchgen 403 and 353, against 1,948 and 293 in the last results without it) and the ratio is 0.135-0.137 (was
+  0.157); the bare loop still varies most (1,745-3,311 jobs/s). On a journaled ext4 (a loop-mounted image) the ratio
+  was 0.136-0.137: the quirk moves both sides, it does not explain the gap.
 - **Makespan: met for v1 and v2, at this machine's floor; a single run meets 1.05 or not mostly by its draws.** Each
   run's own latencies (the simulator's request history), on 20 slots with no time lost between jobs, already make
   1.016-1.041 of the ideal (the row "the jitter's share"): a run whose draws make 1.041 cannot meet 1.05 with even
-  the bare loop's excess. What each run took beyond its own draws: the bare loop ~0.011 (20 answers due at once on a
+  the bare loop's excess. What each run took beyond its own draws: the bare loop ~0.010 (20 answers due at once on a
   2-core box: one request at a time, an answer due after 0.1 s comes 2.3 ms after it where an immediate one takes
-  0.9 ms, and `asyncio.sleep` itself overshoots 0.4 ms), v1 ~0.014, v2 ~0.018: v2 has to notice each job finishing
+  0.9 ms, and `asyncio.sleep` itself overshoots 0.4 ms), v1 ~0.016, v2 ~0.024: v2 has to notice each job finishing
   (the critical chain of one run: 4-7 ms a job from its end to the next submit, 2-3.5 ms from the intent to the
   simulator taking the POST, 12-18 ms to fetch and place the last video). This round: a v2 slot is given back when
   the status says COMPLETED instead of after the result's GET (the next submit ~2 ms sooner a cycle); polls go
@@ -134,7 +135,8 @@ NOTES = """
   and dropped: waking every job of the first wave once the window is known (15 jobs polled every 5 ms at once
   saturate the two cores: the first wave was seen later, not sooner); the interval at L/20 instead of L/10 (excess
   0.020-0.027 against 0.022-0.028, no change). Before: 5, 10, 20, 40 polls across the window (medians 1.079, 1.066,
-  1.061, 1.061: 20 kept).
+  1.061, 1.061: 20 kept). The polls across the window are now paced by `--max-polls-per-s` as well (1,000 here):
+  no change measured (3 repeats of `makespan.py`: v2 1.043-1.045).
 - **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged. After an
   edit every job is checked and expanded again (shown for scale): about half of it is the request schema run on
   every combination (jsonschema's cost is per call; checking each distinct field value alone was no faster), the
@@ -142,7 +144,9 @@ NOTES = """
 - **validate and plan**: the CLI imports aiohttp, PyAV, tqdm and asyncio only for the commands that run jobs
   (`--help` 0.21 s, was 0.74 s); what remains of 10,000 jobs is PyYAML, jsonschema and expansion.
 - **Many in flight**: per-job polls at 5 s would cost 16 % of a core for 2,000 jobs (about 1 ms a poll in
-  aiohttp); `--max-polls-per-s` (default 50) stretches the interval with the number in flight.
+  aiohttp); `--max-polls-per-s` (default 50) stretches the interval with the number in flight, and hands out the
+  polls across the finish window at the same rate at most (a wave of 500 in its window at once: 333 polls a second
+  before, 50 now).
 """
 
 
