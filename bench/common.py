@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 
@@ -20,9 +22,26 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key"
 
 
+class Simulator(NamedTuple):
+    """A simulator in its own process."""
+
+    url: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        """The CPU seconds it has used so far."""
+        return cpu_s(self.pid)
+
+
+def cpu_s(pid: int) -> float:
+    """The CPU seconds (user + system) a running process has used so far, read from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def simulator_process(*args: str) -> Iterator[str]:
-    """`batchgen simulate` in a process of its own (so it does not share the runner's core); yields its URL."""
+def simulator_process(*args: str) -> Iterator[Simulator]:
+    """`batchgen simulate` in a process of its own (so it does not share the runner's core)."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -48,7 +67,7 @@ def simulator_process(*args: str) -> Iterator[str]:
         match = re.search(r"(http://\S+)", line)
         if not match:
             raise RuntimeError(f"the simulator did not start: {line}{process.stderr.read() if process.stderr else ''}")
-        yield match.group(1)
+        yield Simulator(match.group(1), process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -116,8 +135,11 @@ def manifest(path: Path, jobs: int, *, concurrency: int, name: str = "bench", du
     return path
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str], int]:
-    """Run the CLI; (wall seconds, the finished process, its peak RSS in kB, read with wait4)."""
+def cli(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess[str], resource.struct_rusage]:
+    """Run the CLI; (wall seconds, the finished process, its resource use read with wait4: ``ru_maxrss`` its peak
+    RSS in kB, ``ru_utime + ru_stime`` its CPU seconds)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "batchgen", *args], cwd=ROOT, env=env, stdout=out, stderr=err)
@@ -127,7 +149,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, subproces
         out.seek(0)
         err.seek(0)
         done = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
-    return elapsed, done, usage.ru_maxrss
+    return elapsed, done, usage
 
 
 def env_for(url: str) -> dict[str, str]:

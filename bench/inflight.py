@@ -7,7 +7,6 @@ Target: < 10 % of one core (polling must not spin).
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import tempfile
@@ -15,26 +14,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import manifest, simulator_process, start_run, wait_for_log
+from bench.common import cpu_s, manifest, simulator_process, start_run, wait_for_log
 
 JOBS, LATENCY_S, WINDOW_S = 2000, 30.0, 20.0
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def waiting_cpu_share(poll_interval_s: float = 5.0) -> float:
-    with simulator_process("--latency-s", str(LATENCY_S)) as url, tempfile.TemporaryDirectory() as tmp:
+    with simulator_process("--latency-s", str(LATENCY_S)) as simulator, tempfile.TemporaryDirectory() as tmp:
         path = manifest(Path(tmp) / "m.yaml", JOBS, concurrency=JOBS, name="inflight")
         out = Path(tmp) / "out"
-        process = start_run(path, out, url, "--poll-interval-s", str(poll_interval_s))
+        process = start_run(path, out, simulator.url, "--poll-interval-s", str(poll_interval_s))
         try:
             wait_for_log(process, out / "run.log", "→ submitted", JOBS, every_s=0.2)
-            before, started = _cpu_s(process.pid), time.monotonic()
+            before, started = cpu_s(process.pid), time.monotonic()
             time.sleep(WINDOW_S)
-            return (_cpu_s(process.pid) - before) / (time.monotonic() - started)
+            return (cpu_s(process.pid) - before) / (time.monotonic() - started)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait()

@@ -82,7 +82,7 @@ def main(repeats: int = 3) -> dict[str, list[float]]:
         figures[f"excess-{kind}"].append(ratio - floor)
 
     with (
-        simulator_process("--latency-s", str(LATENCY_S), "--jitter-s", "0.05") as url,
+        simulator_process("--latency-s", str(LATENCY_S), "--jitter-s", "0.05") as (url, _),
         tempfile.TemporaryDirectory() as tmp,
     ):
         warm_up(url)

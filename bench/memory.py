@@ -18,11 +18,11 @@ JOBS, CONCURRENCY = 64, 16
 
 def peak_rss_mb(video_mb: int, transport: str = "v2") -> float:
     with (
-        simulator_process("--latency-s", "0", "--video-size-mb", str(video_mb)) as url,
+        simulator_process("--latency-s", "0", "--video-size-mb", str(video_mb)) as (url, _),
         tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent / "output") as tmp,
     ):
         path = manifest(Path(tmp) / "m.yaml", JOBS, concurrency=CONCURRENCY, name=f"mem{video_mb}")
-        _, done, rss_kb = cli(
+        _, done, usage = cli(
             "run",
             str(path),
             "--out",
@@ -37,7 +37,7 @@ def peak_rss_mb(video_mb: int, transport: str = "v2") -> float:
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
         shutil.rmtree(Path(tmp) / "out")
-    return rss_kb / 1024
+    return usage.ru_maxrss / 1024
 
 
 def main(repeats: int = 1) -> dict[str, list[float]]:

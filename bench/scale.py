@@ -66,7 +66,7 @@ def main(repeats: int = 3) -> dict[str, list[float]]:
         "first_submit_100k_edited_s": [],
         "status_100k_s": [],
     }
-    with tempfile.TemporaryDirectory() as tmp, simulator_process("--latency-s", "60") as url:
+    with tempfile.TemporaryDirectory() as tmp, simulator_process("--latency-s", "60") as (url, _):
         path, out = huge_run_dir(Path(tmp))
         edited = Path(tmp) / "huge-edited.yaml"  # a comment more: new bytes, so every job is checked again
         edited.write_text(path.read_text() + "# edited\n")
