@@ -138,8 +138,8 @@ def manifest(path: Path, jobs: int, *, concurrency: int, name: str = "bench", du
 def cli(
     *args: str, env: dict[str, str] | None = None
 ) -> tuple[float, subprocess.CompletedProcess[str], resource.struct_rusage]:
-    """Run the CLI; (wall seconds, the finished process, its resource use read with wait4: ``ru_maxrss`` its peak
-    RSS in kB, ``ru_utime + ru_stime`` its CPU seconds)."""
+    """Run the CLI; (wall seconds, the finished process, its resource use read with wait4: ``ru_utime + ru_stime``
+    its CPU seconds; not its peak RSS, which counts this process's own: see ``memory.py``)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "batchgen", *args], cwd=ROOT, env=env, stdout=out, stderr=err)
