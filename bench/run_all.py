@@ -109,21 +109,30 @@ def main() -> None:
 NOTES = """
 ## Where the time goes
 
-- **Overhead: not met, and out of reach of this design on 2 cores.** batchgen takes ~2.5 ms a job where the bare loop
-  takes ~0.3. CPU per thread, read from `/proc` during a 5,000-job run (zero latency, the previous round): the
-  runner's event loop ~10 s, the thread that checks videos and makes posters (PyAV) ~7 s, the simulator ~3 s, in an 18
-  s run: the two runner threads add up to the wall time, serialised by the GIL. The PyAV thread, per video (medians of
-  300, `/dev/shm`): opening and reading the MP4 0.41 ms; with the poster 1.6-2.3 ms (seek and decode the keyframe,
-  convert and encode the JPEG 0.2-0.4 ms, write it). An MJPEG encoder kept per thread would save 0.05-0.2 ms of that:
-  not done. With the PyAV work switched off altogether (a local experiment, not a mode of batchgen) the run went from
-  276-282 to 436-452 jobs/s: moving PyAV to a process pool could reach ~0.25 of the bare loop as it measured then, at
-  best, and the loop thread alone spends ~1.9 ms a job — the money path's transactions (the intent before each POST,
-  billed on the answer, done in groups), the job log, the aiohttp client. The pool was not built: child processes,
-  Ctrl-C and a broken pool on the path that places paid clips, for a figure that stays far from 0.8 and no gain
-  against a provider that takes 3 minutes a clip. Kept before: PyAV with one thread for the poster's MJPEG encoder
-  (two threads started and joined per video otherwise), the MP4 demuxer named, group commit (one `syncfs`, the
-  renames, one fsync of the directory, one transaction for a batch of videos), posters from the check's own reading,
-  job logs written in a thread. Dropped: two placer threads (slower, GIL).
+- **Overhead: not met, and above what this machine can do for a client that checks its videos.** The CPU a job
+  (the rows "CPU a job", medians): the bare loop 0.18 ms and the simulator 0.21 ms keep the two cores nearly busy
+  at ~5,000 jobs/s; PyAV's check of one video costs 0.18 ms, the check with its poster 0.79 ms. A client that did
+  the bare loop's work plus the check and nothing else, spread over both cores with no time lost, could reach 0.72
+  of the bare loop at most; with the poster that every card of the gallery shows, 0.35 (the rows "ceiling"): 0.8
+  is out of reach here for any client that checks each video and makes its poster, before it writes a byte of
+  state. batchgen reaches 0.107 (576 jobs/s): its process takes 1.97 ms of CPU a job, ~1 ms beyond the bare loop's
+  work, the check and the poster, and runs its Python on one core at a time (GIL: ~1.15 cores busy). Where that
+  goes (py-spy at 500 Hz, 5,000 jobs, run directory on `/dev/shm`; per job, ~1.4 × the unprofiled times): the
+  event loop 1.4 ms — POST and answer (aiohttp) ~0.35, the intent transaction before the POST ~0.2, the billed
+  transaction on the answer ~0.2, picking the next job ~0.1, placing and marking done ~0.1 (the job logs read back
+  ~0.06), run.log ~0.05; the placing thread 1.45 ms — the poster ~0.9, the check ~0.3, the job log files ~0.13.
+  Tried this round: posters made in a child process (a one-worker process pool, fed once a video is placed):
+  8.1-8.5 s for 5,000 jobs against 8.4-8.9 s (`/dev/shm`), ~5 %; handing 5,000 calls to the pool costs the loop's
+  process nearly what it saves, and the child shares the second core with the simulator: dropped. Without posters
+  at all (an experiment, not a mode: issue 7 wants one on every card) 5.9-6.3 s. Measured once more, the check's
+  CPU differs between processes on the same file (0.18 ms in most, 0.53 ms in one of five fresh processes): the
+  ceiling moves with it. This machine (another VM than the last results') runs the bare loop at ~5,100 jobs/s
+  against 2,300-3,200 there, and batchgen at 576 against 353-403: the ratio's fall from 0.135-0.137 to 0.107 is the
+  bare loop's gain more than a loss of batchgen's. Kept from earlier rounds: PyAV with one thread for the poster's MJPEG encoder (two threads
+  started and joined per video otherwise), the MP4 demuxer named, group commit (one `syncfs`, the renames, one fsync
+  of the directory, one transaction for a batch of videos), posters from the check's own reading, job logs written
+  in a thread. Dropped before: two placer threads (slower, GIL); a PyAV process pool on the placing path (child
+  processes, Ctrl-C and a broken pool on the path that places paid clips, for a figure that stays far from 0.8).
   **This VM's disk needs settling first.** Its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`), and
   without one ext4 skips inodes freed in the last minute or five: each file creation in their block group walks past
   all of them (perf: `find_inode_bit` → `recently_deleted`). After the tests or another benchmark removed their files,
@@ -141,7 +150,7 @@ NOTES = """
   2-core box: one request at a time, an answer due after 0.1 s comes 2.3 ms after it where an immediate one takes
   0.9 ms, and `asyncio.sleep` itself overshoots 0.4 ms), v1 ~0.016, v2 ~0.024: v2 has to notice each job finishing
   (the critical chain of one run: 4-7 ms a job from its end to the next submit, 2-3.5 ms from the intent to the
-  simulator taking the POST, 12-18 ms to fetch and place the last video). This round: a v2 slot is given back when
+  simulator taking the POST, 12-18 ms to fetch and place the last video). The last rounds: a v2 slot is given back when
   the status says COMPLETED instead of after the result's GET (the next submit ~2 ms sooner a cycle); polls go
   halfway to the window in which jobs finish instead of every interval (here 19.6 → 14.8 polls a job; with a 5 s
   interval and 160-190 s generations 42.7 → 16.5, PollSchedule alone), and double their distance after it. Tried
@@ -150,6 +159,11 @@ NOTES = """
   0.020-0.027 against 0.022-0.028, no change). Before: 5, 10, 20, 40 polls across the window (medians 1.079, 1.066,
   1.061, 1.061: 20 kept). The polls across the window are now paced by `--max-polls-per-s` as well (1,000 here):
   no change measured (3 repeats of `makespan.py`: v2 1.043-1.045).
+- **Memory: measured by a launcher.** Linux carries a process's peak RSS over fork and exec into its child's
+  `ru_maxrss`: once the overhead benchmark had grown this process to 75 MB (the bare loop's 5,000 tasks, PyAV),
+  every runner it started read 75.609 MB, 64 MB and 1 MB videos alike. `memory.py` now starts the runner from a
+  small launcher that reports its child's own peak (from a parent grown to 184 MB: runs read 69-71 MB through the
+  launcher, and `batchgen --version` started directly read 184 MB).
 - **Start of a 100,000-job run: met** by taking the jobs from the state when the manifest is unchanged. After an
   edit every job is checked and expanded again (shown for scale): about half of it is the request schema run on
   every combination (jsonschema's cost is per call; checking each distinct field value alone was no faster), the
