@@ -19,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, env_for, manifest, simulator_process
 
+JOBS, CONCURRENCY = 64, 16
+
 # Spawns its arguments, waits, writes the child's peak RSS (kB) to the file named first; exits with its code.
 LAUNCHER = """import os, sys
 pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
@@ -41,9 +43,6 @@ def cli_peak_rss_kb(*args: str, env: dict[str, str]) -> tuple[subprocess.Complet
             check=False,
         )
         return done, int(report.read() or 0)
-
-
-JOBS, CONCURRENCY = 64, 16
 
 
 def peak_rss_mb(video_mb: int, transport: str = "v2") -> float:
