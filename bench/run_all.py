@@ -126,13 +126,14 @@ NOTES = """
   process nearly what it saves, and the child shares the second core with the simulator: dropped. Without posters
   at all (an experiment, not a mode: issue 7 wants one on every card) 5.9-6.3 s. Measured once more, the check's
   CPU differs between processes on the same file (0.18 ms in most, 0.53 ms in one of five fresh processes): the
-  ceiling moves with it. This machine (another VM than the last results') runs the bare loop at ~5,100 jobs/s
-  against 2,300-3,200 there, and batchgen at 576 against 353-403: the ratio's fall from 0.135-0.137 to 0.107 is the
-  bare loop's gain more than a loss of batchgen's. Kept from earlier rounds: PyAV with one thread for the poster's MJPEG encoder (two threads
-  started and joined per video otherwise), the MP4 demuxer named, group commit (one `syncfs`, the renames, one fsync
-  of the directory, one transaction for a batch of videos), posters from the check's own reading, job logs written
-  in a thread. Dropped before: two placer threads (slower, GIL); a PyAV process pool on the placing path (child
-  processes, Ctrl-C and a broken pool on the path that places paid clips, for a figure that stays far from 0.8).
+  ceiling moves with it. This machine (another VM than the last results') runs the bare loop at ~5,100 jobs/s against
+  2,300-3,200 there, and batchgen at 576 against 353-403: the ratio's fall from 0.135-0.137 to 0.107 is the bare
+  loop's gain more than a loss of batchgen's. Kept from earlier rounds: PyAV with one thread for the poster's MJPEG
+  encoder (two threads started and joined per video otherwise), the MP4 demuxer named, group commit (one `syncfs`, the
+  renames, one fsync of the directory, one transaction for a batch of videos), posters from the check's own reading,
+  job logs written in a thread. Dropped before: two placer threads (slower, GIL); a PyAV process pool on the placing
+  path (child processes, Ctrl-C and a broken pool on the path that places paid clips, for a figure that stays far from
+  0.8).
   **This VM's disk needs settling first.** Its ext4 has no journal (`/sys/fs/ext4/vda/journal_task` is `<none>`), and
   without one ext4 skips inodes freed in the last minute or five: each file creation in their block group walks past
   all of them (perf: `find_inode_bit` → `recently_deleted`). After the tests or another benchmark removed their files,
