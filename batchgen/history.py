@@ -1,0 +1,163 @@
+"""Reading the provider's request history: its pages and rows, in whatever likely shape they come.
+
+The shape of a history page is not documented anywhere we can read (``segmind-api.md``: Segmind's SDK returns "a
+paginated dictionary" as it comes) [guess], so every likely variant is accepted:
+
+- rows under ``data``, ``items`` or ``results`` (or one level deeper, ``{"data": {"items": [...]}}``), or the page
+  being the list itself;
+- more pages told by ``total_pages`` / ``pages`` / ``last_page``, by ``total`` with ``per_page``, or by a ``next`` /
+  ``has_more`` flag; told by nothing, a full page means there may be another;
+- a row's creation time as an ISO string or an epoch number (seconds, or milliseconds when it is that large), named
+  ``created_at``, ``model_created`` (the SDK's sort key), ``createdAt``, ``created`` or ``timestamp``.
+
+Anything else is :class:`HistoryShapeError`: a page batchgen cannot read is said out loud, never taken as "the
+request is not there" (a row missed that way would be paid for twice). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ROW_KEYS = ("data", "items", "results")
+TIME_KEYS = ("created_at", "model_created", "createdAt", "created", "timestamp")
+PAGE_COUNT_KEYS = ("total_pages", "pages", "last_page", "totalPages")
+MORE_KEYS = ("has_more", "hasMore", "next", "next_page", "nextPage")
+EPOCH_MS_ABOVE = 1e11  # an epoch in seconds passes this in the year 5138; in milliseconds it did in 1973
+
+
+class HistoryShapeError(ValueError):
+    """A history answer batchgen cannot read; the message says what was found instead."""
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One request as the provider's request history records it."""
+
+    request_id: str
+    model: str
+    status: str  # COMPLETED, FAILED or PENDING
+    cost_micros: int | None
+    request_body: Any
+    generation_url: str | None
+    created_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """The rows of one page, and whether a later page may hold more."""
+
+    rows: list[HistoryRow]
+    more: bool
+
+
+def parse_page(data: Any, page: int, per_page: int) -> HistoryPage:
+    """One page of ``GET …/request-history`` (the ``page``-th, asked with ``per_page``)."""
+    items = _rows_of(data)
+    rows = [parse_row(item) for item in items]
+    return HistoryPage(rows, _more(data, page, per_page, len(items)))
+
+
+def parse_row(item: Any) -> HistoryRow:
+    """One row (also the answer of ``GET …/request-history/{id}``)."""
+    if not isinstance(item, Mapping):
+        raise HistoryShapeError(f"a row is not an object: {_show(item)}")
+    request_id = item.get("request_id") or item.get("requestId") or item.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise HistoryShapeError(f"a row has no request_id (its keys: {_keys(item)})")
+    created = next((item[key] for key in TIME_KEYS if item.get(key) is not None), None)
+    if created is None:
+        raise HistoryShapeError(f"a row has no creation time under {'/'.join(TIME_KEYS)} (its keys: {_keys(item)})")
+    url = item.get("generation_url")
+    return HistoryRow(
+        request_id,
+        str(item.get("model_name", "")),
+        str(item.get("model_status") or item.get("status") or "").upper(),
+        cost_micros(item.get("credits_deduction")),
+        item.get("request_body"),
+        url if isinstance(url, str) and url.startswith(("http://", "https://")) else None,
+        parse_time(created),
+    )
+
+
+def parse_time(value: Any) -> float:
+    """An ISO date-time (UTC when it names no zone) or an epoch number → epoch seconds."""
+    if isinstance(value, bool):
+        raise HistoryShapeError(f"a row's time is not a time: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value) / 1000 if value > EPOCH_MS_ABOVE else float(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise HistoryShapeError(f"a row's time is not a time: {value!r}")
+        return seconds
+    if isinstance(value, str):
+        text = value.strip()
+        if text.replace(".", "", 1).isdigit():
+            return parse_time(float(text))
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise HistoryShapeError(f"a row's time is not a date-time: {value[:40]!r}") from None
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    raise HistoryShapeError(f"a row's time is not a time: {_show(value)}")
+
+
+def cost_micros(value: Any) -> int | None:
+    """A cost in USD as the provider writes it → µUSD; ``None`` when it is no usable number."""
+    try:
+        cost = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(cost * 1_000_000) if 0 <= cost < 10_000 else None
+
+
+def _rows_of(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, Mapping):
+        raise HistoryShapeError(f"the page is not a JSON object or list: {_show(data)}")
+    for key in ROW_KEYS:
+        value = data.get(key)
+        if isinstance(value, list):
+            return value
+        if isinstance(value, Mapping):
+            inner = next((value[k] for k in ROW_KEYS if isinstance(value.get(k), list)), None)
+            if inner is not None:
+                return list(inner)
+    raise HistoryShapeError(f"no list of rows under {'/'.join(ROW_KEYS)} (the page's keys: {_keys(data)})")
+
+
+def _more(data: Any, page: int, per_page: int, count: int) -> bool:
+    if not isinstance(data, Mapping):
+        return count >= per_page
+    for key in PAGE_COUNT_KEYS:
+        pages = _whole(data.get(key))
+        if pages is not None:
+            return page < pages
+    total = _whole(data.get("total"))
+    if total is not None:
+        return page * (_whole(data.get("per_page")) or per_page) < total
+    for key in MORE_KEYS:
+        if key in data:
+            return bool(data[key])
+    return count >= per_page  # told nothing: a full page may be followed by another
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _keys(data: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(map(str, data))[:12]) or "none"
+
+
+def _show(value: Any) -> str:
+    return repr(value)[:80]
