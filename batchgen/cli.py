@@ -236,20 +236,59 @@ def _add_simulate(commands: Any) -> None:
     command.add_argument("--v1-mode", choices=["bytes", "url", "base64"], default="bytes", help="how v1 answers")
     command.add_argument("--retry-after", action="store_true", help="add Retry-After to 429s (the real API does not)")
     command.add_argument("--video-size-mb", type=float, default=0.0, help="pad every video to this size")
-    command.add_argument("--fault-rate", type=float, help="chance of some fault per request, shared by the kinds")
+    command.add_argument(
+        "--fault-rate",
+        type=float,
+        help="chance of some fault per request, shared by the kinds (not stall_download, junk_status: --fault only)",
+    )
     command.add_argument(
         "--fault", action="append", default=[], metavar="KIND=RATE", help=f"a rate per kind: {', '.join(KINDS)}"
     )
-    command.add_argument("--script", default="", help="scripted faults, e.g. submit:3=503,download:5=drop@0.4")
+    command.add_argument(
+        "--script", default="", help="scripted faults, e.g. submit:3=503,download:5=drop@0.4,download:6=stall"
+    )
     command.add_argument("--slow-s", type=float, default=1.0, help="delay of a slow-first-byte fault")
     command.add_argument("--seed", type=int, default=0, help="seed of faults, ids and jitter")
+    # Hostile network and provider: each off unless given (its default lives in SimSettings).
+    command.add_argument(
+        "--trickle", metavar="BYTES:MS", help="send every answer in pieces of BYTES, MS apart, e.g. 700:4 (default off)"
+    )
+    command.add_argument(
+        "--foreign-origin", metavar="URL", help="origin named by the v2 submit's status URLs (default: the simulator's)"
+    )
+    command.add_argument(
+        "--redirect-polls-to", metavar="URL", help="answer v2 status/result GETs 307 to URL, same path (default off)"
+    )
+    command.add_argument(
+        "--quote-key", action="store_true", default=None, help="end every error message with the key sent (default off)"
+    )
+    command.add_argument(
+        "--history-shape",
+        choices=["data", "items", "results", "epoch", "unknown"],
+        help="shape of request-history pages (default data)",
+    )
+    command.add_argument(
+        "--journal", type=Path, metavar="FILE", help="replay FILE's books at start, then keep them there (default none)"
+    )
+    command.add_argument(
+        "--stall-s", type=float, metavar="S", help="seconds between the bytes of a stall_download fault (default 1)"
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from batchgen.simulator.server import SimSettings
+    from batchgen.simulator.server import SimSettings, parse_trickle
 
+    hostile = {  # the hostile settings the user gave; the others keep their defaults, written in SimSettings
+        "foreign_origin": args.foreign_origin,
+        "redirect_polls_to": args.redirect_polls_to,
+        "quote_key": args.quote_key,
+        "history_shape": args.history_shape,
+        "stall_gap_s": args.stall_s,
+    }
+    if args.trickle is not None:
+        hostile["trickle_bytes"], hostile["trickle_gap_s"] = parse_trickle(args.trickle)
     settings = SimSettings(
         keys=tuple(args.key or [DEFAULT_KEY]),
         credits_usd=args.credits,
@@ -262,6 +301,7 @@ def _simulate(args: argparse.Namespace) -> int:
         slow_first_byte_s=args.slow_s,
         video_size_bytes=int(args.video_size_mb * 1024 * 1024),
         seed=args.seed,
+        **{name: value for name, value in hostile.items() if value is not None},
     )
     faults = FaultPlan(
         rates=dict(_kind_rate(item) for item in args.fault),
@@ -269,7 +309,7 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         script=parse_script(args.script),
     )
-    ledger = asyncio.run(_serve(settings, faults, args.host, args.port))
+    ledger = asyncio.run(_serve(settings, faults, args.host, args.port, args.journal))
     for key, account in ledger.items():
         print(
             f"{key}: {len(account['requests'])} generation requests, {len(account['charges'])} charged, "
@@ -287,7 +327,9 @@ def _kind_rate(item: str) -> tuple[str, float]:
         raise UsageError(f"--fault takes KIND=RATE, e.g. rate_429=0.1 (got {item!r})") from None
 
 
-async def _serve(settings: SimSettings, faults: FaultPlan, host: str, port: int) -> dict[str, Any]:
+async def _serve(
+    settings: SimSettings, faults: FaultPlan, host: str, port: int, journal: Path | None = None
+) -> dict[str, Any]:
     import asyncio
     import signal
 
@@ -297,10 +339,11 @@ async def _serve(settings: SimSettings, faults: FaultPlan, host: str, port: int)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_simulator(settings, faults, host, port) as simulator:
+    async with running_simulator(settings, faults, host, port, journal) as simulator:
         print(f"simulator serving {simulator.base_url} (Ctrl-C stops it and prints the ledger)")
         print(f"  export SEGMIND_BASE_URL={simulator.base_url}")
-        print(f"  export SEGMIND_API_KEY={settings.keys[0]}", flush=True)
+        print(f"  export SEGMIND_API_KEY={settings.keys[0]}")
+        print(f"  export SEGMIND_HISTORY_URL={simulator.base_url}", flush=True)  # it serves the history too
         await stop.wait()
         return simulator.ledger()
 

@@ -1,20 +1,33 @@
-"""The simulator against segmind-api.md: every route, error, header, the ledger, each fault, TTL, determinism."""
+"""The simulator against segmind-api.md: every route, error, header, the ledger, each fault, TTL, determinism;
+the hostile network and provider it can play (trickle, foreign and redirected URLs, a quoted key, stalls, junk pages,
+history shapes), and its journal across restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 import aiohttp
 import av
 import pytest
 
+from batchgen.errors import UsageError
 from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.clips import make_clip
-from batchgen.simulator.faults import Fault, FaultPlan, parse_script
-from batchgen.simulator.server import SimSettings
+from batchgen.simulator.faults import KINDS, Fault, FaultPlan, parse_script
+from batchgen.simulator.server import SimSettings, Simulator
+from tests.conftest import ROOT, run_cli
 
 MODEL = "kling-3-standard-text2video"
 KEY = {"x-api-key": DEFAULT_KEY}
@@ -326,3 +339,361 @@ def test_clips_are_real_mp4s_of_the_request(aspect: str, size: tuple[int, int], 
     for seconds in (3, 15):
         assert probe(make_clip(seconds, aspect, audio)) == (float(seconds), *size, audio)
     assert make_clip(3, aspect, audio, 1) != make_clip(3, aspect, audio, 2)
+
+
+# --- a hostile network and provider ---------------------------------------------------------------------------
+
+
+async def read_in_pieces(response: aiohttp.ClientResponse) -> tuple[bytes, int]:
+    """The whole body, and how many reads it took (each read returns what had arrived)."""
+    pieces = [piece async for piece in response.content.iter_any()]
+    return b"".join(pieces), len(pieces)
+
+
+async def test_trickle_sends_a_history_page_in_pieces(make_sim, http) -> None:
+    sim = await make_sim(SimSettings(rpm=1000, trickle_bytes=700, trickle_gap_s=0.001))
+    for n in range(100):
+        prompt = f"Shot {n}: a slow dolly across a rainy street at night, neon in the puddles. " * 3
+        await (await http.post(f"{sim.base_url}/v2/{MODEL}", json={**BODY, "prompt": prompt}, headers=KEY)).release()
+    async with http.get(f"{sim.base_url}/inference-request/request-history", headers=KEY) as r:
+        trickled, pieces = await read_in_pieces(r)
+        assert int(r.headers["Content-Length"]) == len(trickled) and r.content_type == "application/json"
+    sim.settings = replace(sim.settings, trickle_bytes=0)
+    async with http.get(f"{sim.base_url}/inference-request/request-history", headers=KEY) as r:
+        whole = await r.read()
+    assert len(json.loads(trickled)["data"]) == 100 and json.loads(trickled) == json.loads(whole)
+    assert len(trickled) > 50_000 and pieces >= len(trickled) // 700 // 4  # many pieces, however the reads group them
+
+
+async def test_trickle_sends_a_v1_base64_answer_in_pieces(make_sim, http) -> None:
+    clock = FakeClock()  # two simulators alike but for the trickle: the same ids, the same clip, the same answer
+    plain = await make_sim(SimSettings(v1_mode="base64"), clock=clock)
+    trickling = await make_sim(SimSettings(v1_mode="base64", trickle_bytes=700, trickle_gap_s=0.001), clock=clock)
+    async with http.post(f"{plain.base_url}/v1/{MODEL}", json=BODY, headers=KEY) as r:
+        whole = await r.read()
+    async with http.post(f"{trickling.base_url}/v1/{MODEL}", json=BODY, headers=KEY) as r:
+        trickled, pieces = await read_in_pieces(r)
+        assert (r.status, int(r.headers["Content-Length"])) == (200, len(trickled))
+        assert r.headers["x-cost"] == "0.504000"
+    assert json.loads(trickled) == json.loads(whole)
+    assert pieces > 1 and pieces >= len(trickled) // 700 // 4
+
+
+async def test_trickle_reaches_downloads_errors_and_aiohttps_own_answers(make_sim, http) -> None:
+    sim = await make_sim(SimSettings(v1_mode="url", trickle_bytes=300, trickle_gap_s=0.001))
+    async with http.post(f"{sim.base_url}/v1/{MODEL}", json=BODY, headers=KEY) as r:
+        url = (await r.json())["output"]
+    async with http.get(url) as r:
+        video, pieces = await read_in_pieces(r)
+        assert int(r.headers["Content-Length"]) == len(video)
+    assert pieces >= len(video) // 300 // 4 > 1 and probe(video)[0] == 3.0
+    sim.settings = replace(sim.settings, trickle_bytes=5, trickle_gap_s=0.002)  # small bodies, small pieces
+    async with http.post(f"{sim.base_url}/v2/{MODEL}", json=BODY, headers={"x-api-key": "nope"}) as r:
+        body, pieces = await read_in_pieces(r)
+    assert r.status == 401 and json.loads(body) == {"error": "Invalid API key"} and pieces > 1
+    async with http.get(f"{sim.base_url}/no/such/route") as r:
+        body, pieces = await read_in_pieces(r)
+    assert (r.status, body, r.headers["Content-Length"]) == (404, b"404: Not Found", "14") and pieces > 1
+
+
+async def test_foreign_origin_names_the_status_urls(make_sim, http) -> None:
+    sim = await make_sim(SimSettings(foreign_origin="http://127.0.0.2:8123/"))
+    async with http.post(f"{sim.base_url}/v2/{MODEL}", json=BODY, headers=KEY) as r:
+        submitted = await r.json()
+    rid = submitted["request_id"]
+    assert submitted["status_url"] == f"http://127.0.0.2:8123/v2/requests/{rid}/status"
+    assert submitted["response_url"] == f"http://127.0.0.2:8123/v2/requests/{rid}"
+    assert submitted["poll_url"] == f"http://127.0.0.2:8123/v1/requests/{rid}"
+    async with http.get(f"{sim.base_url}/v2/requests/{rid}", headers=KEY) as r:
+        assert (await r.json())["output"].startswith(sim.base_url)  # the video stays where it is
+
+
+async def test_redirected_polls_answer_307_before_the_key_and_the_faults(make_sim, http) -> None:
+    faults = FaultPlan(script=parse_script("status:1=500,result:1=500"))
+    sim = await make_sim(SimSettings(redirect_polls_to="http://127.0.0.2:8123"), faults)
+    async with http.post(f"{sim.base_url}/v2/{MODEL}", json=BODY, headers=KEY) as r:
+        submitted = await r.json()
+    rid = submitted["request_id"]
+    for url, path in [
+        (submitted["status_url"], f"/v2/requests/{rid}/status"),
+        (f"{submitted['response_url']}?n=1", f"/v2/requests/{rid}?n=1"),
+    ]:
+        async with http.get(url, allow_redirects=False) as r:  # no key: the redirect comes first
+            assert (r.status, r.headers["Location"]) == (307, f"http://127.0.0.2:8123{path}")
+    assert sim.faults.counts["status"] == sim.faults.counts["result"] == 0
+    async with http.get(f"{sim.base_url}/inference-request/request-history/{rid}", headers=KEY) as r:
+        assert r.status == 200  # only the v2 polls move
+
+
+async def test_quote_key_ends_every_error_message_with_the_key_sent(make_sim, http) -> None:
+    sim = await make_sim(SimSettings(quote_key=True), FaultPlan(script={("submit", 1): Fault("fail")}))
+    base = sim.base_url
+    async with http.post(f"{base}/v2/{MODEL}", json=BODY, headers={"x-api-key": "sk-secret"}) as r:
+        assert (r.status, await r.json()) == (401, {"error": "Invalid API key (key sk-secret)"})
+    async with http.post(f"{base}/v2/{MODEL}", json={"prompt": "x", "duration": "20"}, headers=KEY) as r:
+        assert r.status == 400 and (await r.json())["error"].endswith(f"'15'] (key {DEFAULT_KEY})")
+    async with http.post(f"{base}/v2/{MODEL}", json=BODY, headers=KEY) as r:
+        failed = await r.json()
+    async with http.get(failed["status_url"], headers=KEY) as r:
+        body = await r.json()
+    assert r.status == 422 and body["status"] == "FAILED" and body["error"].endswith(f"rendered (key {DEFAULT_KEY})")
+    async with http.post(f"{base}/v2/{MODEL}", json=BODY) as r:
+        assert (await r.json())["error"] == "Missing API key: send the x-api-key header"  # no key, nothing to quote
+    async with http.get(f"{base}/v1/get-user-credits", headers=KEY) as r:
+        assert set(await r.json()) == {"credits", "free-credits"}  # answers that are not errors are left alone
+
+
+async def test_stalled_download_promises_the_whole_file_then_trickles_bytes(make_sim, http) -> None:
+    sim = await make_sim(
+        SimSettings(v1_mode="url", stall_gap_s=0.02), FaultPlan(script=parse_script("download:1=stall"))
+    )
+    async with http.post(f"{sim.base_url}/v1/{MODEL}", json=BODY, headers=KEY) as r:
+        url = (await r.json())["output"]
+    async with http.get(url) as r:
+        total = int(r.headers["Content-Length"])
+        firsts = [await r.content.readany() for _ in range(3)]
+    assert [len(piece) for piece in firsts] == [1, 1, 1]
+    async with http.get(url) as r:  # the next download is whole
+        video = await r.read()
+    assert len(video) == total and b"".join(firsts) == video[:3]
+
+
+async def test_a_stalled_download_does_not_hold_up_close(make_sim, http) -> None:
+    sim = await make_sim(
+        SimSettings(v1_mode="url", stall_gap_s=600), FaultPlan(script=parse_script("download:1=stall"))
+    )
+    async with http.post(f"{sim.base_url}/v1/{MODEL}", json=BODY, headers=KEY) as r:
+        url = (await r.json())["output"]
+    loop_time = asyncio.get_running_loop().time
+    async with http.get(url) as r:  # the headers came before any byte of the body
+        assert int(r.headers["Content-Length"]) > 1000 and r.content.total_bytes == 0
+        started = loop_time()
+        await sim.close()
+        assert loop_time() - started < 5
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+
+
+async def test_junk_status_is_a_200_html_page_on_status_and_result(make_sim, http) -> None:
+    sim = await make_sim(faults=FaultPlan(script=parse_script("status:1=junk,result:1=junk")))
+    async with http.post(f"{sim.base_url}/v2/{MODEL}", json=BODY, headers=KEY) as r:
+        submitted = await r.json()
+    for url in (submitted["status_url"], submitted["response_url"]):
+        async with http.get(url, headers=KEY) as r:
+            assert (r.status, r.content_type) == (200, "text/html")
+            assert await r.text() == "<html><body>upstream proxy error</body></html>"
+        async with http.get(url, headers=KEY) as r:  # the next poll is the API again
+            assert (r.status, (await r.json())["status"]) == (200, "COMPLETED")
+
+
+def test_new_fault_kinds_by_rate_and_script_only() -> None:
+    assert {"stall_download", "junk_status"} <= set(KINDS)
+    plan = FaultPlan(rates={"junk_status": 1.0, "stall_download": 1.0})
+    assert [plan.next(route) for route in ("status", "result", "download")] == [
+        Fault("junk"),
+        Fault("junk"),
+        Fault("stall"),
+    ]
+    assert parse_script("download:4=stall,status:2=junk,result:1=junk") == {
+        ("download", 4): Fault("stall"),
+        ("status", 2): Fault("junk"),
+        ("result", 1): Fault("junk"),
+    }
+    for bad in ("submit:1=junk", "download:1=junk", "status:1=stall"):
+        with pytest.raises(UsageError, match="bad fault script item"):
+            parse_script(bad)
+    mixed = FaultPlan(total_rate=0.5, rates={"stall_download": 0.25}, seed=1)
+    kinds = Counter(fault.kind for fault in (mixed.next("download") for _ in range(2000)) if fault is not None)
+    assert 350 < kinds["stall"] < 650 and kinds["short"] > 0  # its own rate, beside the shared one
+
+
+def test_total_rate_alone_draws_what_it_drew_before_the_new_kinds() -> None:
+    plan = FaultPlan(total_rate=0.5, seed=3)
+    drawn = [plan.next(route) for route in ["download", "status", "result"] * 6]
+    s, f = Fault("slow"), Fault("short")
+    assert drawn == [
+        *(None, s, Fault("status", 504), s, Fault("status", 500), Fault("status", 504), s, s, None),
+        *(f, s, None, Fault("drop"), None, None, f, None, None),
+    ]  # the sequence of seed 3 written down before stall_download and junk_status existed
+    every = FaultPlan(total_rate=1.0, seed=5)
+    faults = [every.next(route) for route in ["download", "status", "result"] * 1000]
+    assert {fault.kind if fault else None for fault in faults} == {"status", "drop", "short", "slow"}
+
+
+HISTORY_KEYS = {
+    "data": ("data", {"data", "page", "per_page", "total", "total_pages"}),
+    "items": ("items", {"items", "page", "per_page", "total"}),
+    "results": ("results", {"results", "has_more"}),
+    "epoch": ("data", {"data", "page", "per_page", "total", "total_pages"}),
+    "unknown": ("records", {"records", "page"}),
+}
+
+
+@pytest.mark.parametrize("shape", list(HISTORY_KEYS))
+async def test_history_shapes(make_sim, http, shape: str) -> None:
+    clock = FakeClock()
+    sim = await make_sim(SimSettings(history_shape=shape), clock=clock)
+    for _ in range(3):
+        await (await http.post(f"{sim.base_url}/v2/{MODEL}", json=BODY, headers=KEY)).release()
+    history = f"{sim.base_url}/inference-request/request-history"
+    rows_key, page_keys = HISTORY_KEYS[shape]
+    pages = []
+    for page in (1, 2):
+        async with http.get(history, params={"per_page": "2", "page": str(page)}, headers=KEY) as r:
+            pages.append(await r.json())
+    assert [set(page) for page in pages] == [page_keys] * 2
+    assert [len(page[rows_key]) for page in pages] == [2, 1]
+    row = pages[0][rows_key][0]
+    async with http.get(f"{history}/{row['request_id']}", headers=KEY) as r:
+        assert await r.json() == row  # the single row has the list's shape
+    times = {name: row[name] for name in ("created_at", "updated_at", "model_created") if name in row}
+    if shape == "epoch":
+        assert times == {"model_created": clock.now}
+    elif shape == "unknown":
+        assert times == {}
+    else:
+        assert datetime.fromisoformat(times["created_at"]).timestamp() == clock.now
+    if shape == "results":
+        assert [page["has_more"] for page in pages] == [True, False]
+    if shape == "items":
+        assert pages[0]["total"] == 3 and pages[0]["per_page"] == 2
+
+
+def test_bad_history_shape_is_refused() -> None:
+    with pytest.raises(UsageError, match="history_shape is one of"):
+        SimSettings(history_shape="rows")
+
+
+# --- persistence ------------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def journaled(journal: Path, clock: FakeClock, settings: SimSettings | None = None) -> AsyncIterator[Simulator]:
+    """A simulator on a journal, on a fresh port, closed after the block."""
+    sim = Simulator(settings or SimSettings(v1_mode="url"), clock=clock, journal=journal)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.close()
+
+
+async def test_a_journal_carries_the_books_and_the_requests_over_a_restart(tmp_path, http) -> None:
+    journal, clock = tmp_path / "sim.jsonl", FakeClock()
+    async with journaled(journal, clock) as first:
+        async with http.post(f"{first.base_url}/v1/{MODEL}", json=BODY, headers=KEY) as r:
+            v1_id, v1_url = r.headers["x-request-id"], (await r.json())["output"]
+        async with http.post(f"{first.base_url}/v2/{MODEL}", json={**BODY, "prompt": "Two"}, headers=KEY) as r:
+            v2_id = (await r.json())["request_id"]
+        await (await http.post(f"{first.base_url}/v2/{MODEL}", json={"prompt": ""}, headers=KEY)).release()
+        await (await http.post(f"{first.base_url}/_sim/credits", json={"key": DEFAULT_KEY, "add_usd": 5})).release()
+        first.settings = replace(first.settings, latency_s=100)  # one still running when the simulator stops
+        async with http.post(f"{first.base_url}/v2/{MODEL}", json={**BODY, "prompt": "Late"}, headers=KEY) as r:
+            late_id = (await r.json())["request_id"]
+        async with http.get(v1_url) as r:
+            v1_video = await r.read()
+        books = first.ledger()
+    assert journal.stat().st_mode & 0o777 == 0o600
+    assert books[DEFAULT_KEY]["balance_usd"] == pytest.approx(105 - 2 * 0.504)
+    assert [seen["status"] for seen in books[DEFAULT_KEY]["requests"]] == [200, 200, 400, 200]
+
+    async with journaled(journal, clock) as second:
+        assert second.base_url != first.base_url and second.ledger() == books
+        base = second.base_url
+        async with http.get(f"{base}/v2/requests/{v2_id}/status", headers=KEY) as r:
+            assert (r.status, (await r.json())["status"]) == (200, "COMPLETED")
+        async with http.get(f"{base}/v2/requests/{v2_id}", headers=KEY) as r:
+            assert (await r.json())["output"] == f"{base}/files/{v2_id}.mp4"
+        async with http.get(f"{base}/inference-request/request-history/{v1_id}", headers=KEY) as r:
+            row = await r.json()
+        assert row["model_status"] == "COMPLETED" and row["generation_url"] == f"{base}/files/{v1_id}.mp4"
+        async with http.get(row["generation_url"]) as r:
+            assert await r.read() == v1_video
+        async with http.post(f"{base}/v2/{MODEL}", json=BODY, headers=KEY) as r:
+            new_id = (await r.json())["request_id"]
+        assert new_id not in {v1_id, v2_id, late_id}
+        assert [charge.request_id for charge in second.account().charges] == [v1_id, v2_id, new_id]
+        clock.now += 100  # the late one completes after the restart: charged there, once, when it completed
+        charges = second.account().charges
+        assert [charge.request_id for charge in charges] == [v1_id, v2_id, new_id, late_id]
+        assert charges[-1].at == second.generations[late_id].due == clock.now
+        books = second.ledger()
+
+    async with journaled(journal, clock) as third:  # a replay settles from the clock as the live simulator did
+        assert third.ledger() == books
+
+
+async def test_a_torn_last_line_is_cut_and_a_stranger_key_refused(tmp_path) -> None:
+    journal, clock = tmp_path / "sim.jsonl", FakeClock()
+    async with journaled(journal, clock) as sim:
+        sim.add_credits(2.0)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"type": "top_up", "key": "sim-')  # the process died in the middle of a write
+    async with journaled(journal, clock) as sim:
+        assert sim.account().balance_micros == 102_000_000
+        sim.add_credits(1.0)
+    assert journal.read_bytes().count(b"\n") == 2 and b"sim-\n" not in journal.read_bytes()
+    with pytest.raises(UsageError, match="does not accept"):
+        Simulator(SimSettings(keys=("other",)), journal=journal)
+
+
+async def test_cli_simulate_with_hostile_flags_and_a_journal(tmp_path) -> None:
+    journal = tmp_path / "sim.jsonl"
+    flags = ("--latency-s", "0", "--journal", str(journal), "--trickle", "50:1", "--quote-key")
+    first = await start_cli_simulator(*flags, "--history-shape", "items")
+    try:
+        async with aiohttp.ClientSession(headers=KEY) as session:
+            async with session.post(f"{first.url}/v2/{MODEL}", json=BODY) as r:
+                rid = (await r.json())["request_id"]
+            async with session.post(f"{first.url}/v2/no-such-model", json=BODY) as r:
+                assert (await r.json())["error"].endswith(f"(key {DEFAULT_KEY})")
+            async with session.get(f"{first.url}/inference-request/request-history") as r:
+                assert [row["request_id"] for row in (await r.json())["items"]] == [rid]
+    finally:
+        out = first.stop()
+    assert f"{DEFAULT_KEY}: 1 generation requests, 1 charged" in out
+    second = await start_cli_simulator(*flags, "--redirect-polls-to", "http://127.0.0.2:9")
+    try:
+        async with aiohttp.ClientSession(headers=KEY) as session:
+            async with session.get(f"{second.url}/inference-request/request-history/{rid}") as r:
+                assert (await r.json())["model_status"] == "COMPLETED"
+            async with session.get(f"{second.url}/v2/requests/{rid}", allow_redirects=False) as r:
+                assert r.headers["Location"] == f"http://127.0.0.2:9/v2/requests/{rid}"
+    finally:
+        out = second.stop()
+    assert f"{DEFAULT_KEY}: 1 generation requests, 1 charged, spent $0.5040" in out
+
+
+@pytest.mark.parametrize("value", ["700", "x:4", "0:4", "700:-1"])
+def test_cli_refuses_a_bad_trickle(value: str) -> None:
+    done = run_cli("simulate", "--trickle", value)
+    assert done.returncode == 2 and "UsageError: --trickle takes BYTES:MS" in done.stderr
+
+
+class CliSimulator:
+    """``batchgen simulate`` in a subprocess, its URL read from what it prints."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process, self.url = process, url
+
+    def stop(self) -> str:
+        """Ctrl-C it; what it printed after its banner."""
+        self.process.send_signal(signal.SIGINT)
+        out, err = self.process.communicate(timeout=20)
+        assert self.process.returncode == 0, err
+        return out
+
+
+async def start_cli_simulator(*flags: str) -> CliSimulator:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "simulate", *flags], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    banner = [process.stdout.readline() for _ in range(4)]
+    url = banner[0].split("serving ")[1].split()[0]
+    assert [line.strip() for line in banner[1:]] == [
+        f"export SEGMIND_BASE_URL={url}",
+        f"export SEGMIND_API_KEY={DEFAULT_KEY}",
+        f"export SEGMIND_HISTORY_URL={url}",
+    ]
+    return CliSimulator(process, url)

@@ -6,11 +6,24 @@ Routes (one base URL, paths as the real API has them):
 - ``POST /v2/{model}``, ``GET /v2/requests/{id}/status``, ``GET /v2/requests/{id}``: submit, then poll;
 - ``GET /files/{id}.mp4``: the video, streamed with ``Content-Length``;
 - ``GET /v1/get-user-credits``: the balance;
+- ``GET /inference-request/request-history[/{id}]``: the provider's record of every request (page shape: settings);
 - ``GET /_sim/ledger``, ``POST /_sim/credits``: the books, and a top-up, for tests and people.
 
 Money: a v2 submit holds the price against the balance (a 406 when the balance less the holds cannot pay) and is
-charged when the generation completes; a failed generation releases it. Only completed generations are charged.
-Time: generation completion is computed from the clock when anything looks, so nothing sleeps at latency 0.
+charged when the generation completes; a failed generation releases it. Only completed generations are charged, at
+the time they complete. Time: generation completion is computed from the clock when anything looks, so nothing sleeps
+at latency 0.
+
+Hostility, beyond the faults of ``faults.py`` (each a setting, off by default):
+
+- *trickle*: every answer body goes out in pieces of ``trickle_bytes``, ``trickle_gap_s`` apart, as over the internet;
+- *foreign URLs*: the v2 submit answer names a status host that is not the API's (``foreign_origin``);
+- *redirected polls*: v2 status and result GETs answer 307 to another origin (``redirect_polls_to``);
+- *a key quoted back*: every error message ends with the ``x-api-key`` the request carried (``quote_key``);
+- *history shapes*: the request history's pages in one of the shapes a client has to guess (``history_shape``).
+
+Persistence: with a ``journal`` file, the simulator replays the file when built (generations, requests seen,
+top-ups: the same books, the same request ids still answered) and appends a line per change (``journal.py``).
 """
 
 from __future__ import annotations
@@ -18,29 +31,39 @@ from __future__ import annotations
 import asyncio
 import base64
 import heapq
+import json
 import random
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from batchgen.canonical import content_hash
+from batchgen.errors import UsageError
 from batchgen.models import known_models, load_model
 from batchgen.pricing import clip_spec, estimate_micros, micros, usd
 from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.clips import make_clip, padded_chunks, padded_size, palette_of
 from batchgen.simulator.faults import Fault, FaultPlan
+from batchgen.simulator.journal import Journal, Record
 from batchgen.simulator.ledger import Account, Charge, Seen
 from batchgen.validation import make_validator
 
 RATE_WINDOW_S = 60.0
+# The request history's page shapes: rows under ``data`` with ``total_pages`` (the default), under ``items`` with
+# ``total`` and ``per_page``, under ``results`` with ``has_more``; ``epoch`` is ``data`` with each row's time as epoch
+# seconds under ``model_created``; ``unknown`` is rows under ``records`` without any time: a page no client can read.
+HISTORY_SHAPES = ("data", "items", "results", "epoch", "unknown")
+JUNK_PAGE = "<html><body>upstream proxy error</body></html>"
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,19 @@ class SimSettings:
     forbidden_keys: tuple[str, ...] = ()
     retired_models: tuple[str, ...] = ()
     seed: int = 0
+    trickle_bytes: int = 0  # send every answer body in pieces of at most this many bytes (0: at once)
+    trickle_gap_s: float = 0.0  # the pause before each piece after the first, when trickling
+    foreign_origin: str = ""  # the origin the v2 submit answer's URLs name, e.g. "http://127.0.0.2:8000" ("": ours)
+    redirect_polls_to: str = ""  # answer v2 status and result GETs 307 to this origin, same path ("": answer them)
+    quote_key: bool = False  # end every {"error": ...} message with " (key <the x-api-key sent>)", as a leaky provider
+    stall_gap_s: float = 1.0  # the pause between the bytes of a stalled download (fault "stall_download")
+    history_shape: str = "data"  # the request history's page and row shape: one of HISTORY_SHAPES
+
+    def __post_init__(self) -> None:
+        if self.history_shape not in HISTORY_SHAPES:
+            raise UsageError(f"history_shape is one of {', '.join(HISTORY_SHAPES)} (got {self.history_shape!r})")
+        if self.trickle_bytes < 0 or self.trickle_gap_s < 0 or self.stall_gap_s < 0:
+            raise UsageError("trickle_bytes, trickle_gap_s and stall_gap_s are not negative")
 
 
 @dataclass
@@ -94,13 +130,14 @@ class _Limiter:
 
 
 class Simulator:
-    """The provider's stand-in: owns its ``web.Application``, its ledger and its clock."""
+    """The provider's stand-in: owns its ``web.Application``, its ledger, its clock and its journal (if any)."""
 
     def __init__(
         self,
         settings: SimSettings | None = None,
         faults: FaultPlan | None = None,
         clock: Callable[[], float] = time.time,
+        journal: Path | None = None,
     ) -> None:
         self.settings = settings or SimSettings()
         self.faults = faults or FaultPlan(seed=self.settings.seed)
@@ -112,7 +149,12 @@ class Simulator:
         self._counter = 0
         self.hits: Counter[str] = Counter()  # every HTTP request, by route name, whatever its answer
         self._random = random.Random(f"{self.settings.seed}:latency")
-        self.app = web.Application(middlewares=[self._count_hits])
+        self._closed = asyncio.Event()  # set by close(): a stalled download stops instead of holding the shutdown up
+        self.journal = Journal(journal) if journal is not None else None
+        if self.journal is not None:
+            self._replay(self.journal.replay())
+        # Outermost first: every request is counted; error bodies get the key before the body is trickled.
+        self.app = web.Application(middlewares=[self._count_hits, self._trickle, self._quote_key])
         self.app.add_routes(
             [
                 web.post("/v1/{model}", self.submit_v1),
@@ -137,6 +179,55 @@ class Simulator:
         response: web.StreamResponse = await handler(request)
         return response
 
+    @web.middleware
+    async def _trickle(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With ``trickle_bytes``, turn a finished answer into one written in pieces (same status and headers)."""
+        if not self.settings.trickle_bytes:
+            response: web.StreamResponse = await handler(request)
+            return response
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own answers (no such route, wrong method) trickle too
+            response = web.Response(body=exc.body, status=exc.status, reason=exc.reason, headers=exc.headers)
+        if not isinstance(response, web.Response) or response.prepared or request.method == "HEAD":
+            return response  # streamed by its handler (the download), or nothing to write
+        if request.transport is None or request.transport.is_closing():
+            return response  # a dropped answer: the connection is gone already
+        return await self._write_in_pieces(request, response)
+
+    async def _write_in_pieces(self, request: web.Request, response: web.Response) -> web.StreamResponse:
+        body = response.body if isinstance(response.body, bytes) else b""
+        headers = CIMultiDict(response.headers)
+        headers.popall("Content-Length", None)
+        stream = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+        stream.content_length = len(body)  # the whole length up front, as a real server sends it
+        try:
+            await stream.prepare(request)
+            await self._send(stream, body, first=True)
+            await stream.write_eof()
+        except ConnectionError:  # the client went away part-way: nothing left to answer
+            if request.transport is not None:
+                request.transport.close()
+        return stream
+
+    async def _send(self, response: web.StreamResponse, data: bytes, first: bool) -> None:
+        """Write ``data``: at once, or in pieces of ``trickle_bytes`` with ``trickle_gap_s`` before each but the
+        body's first (``first``: ``data`` starts the body). Each piece goes to the socket on its own."""
+        size = self.settings.trickle_bytes or len(data) or 1
+        for start in range(0, len(data), size):
+            if self.settings.trickle_bytes and not (first and start == 0):
+                await asyncio.sleep(self.settings.trickle_gap_s)
+            await response.write(data[start : start + size])
+
+    @web.middleware
+    async def _quote_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With ``quote_key``, end every ``{"error": ...}`` message with the key the request carried."""
+        response: web.StreamResponse = await handler(request)
+        key = request.headers.get("x-api-key", "")
+        if self.settings.quote_key and key and isinstance(response, web.Response) and not response.prepared:
+            _append_to_error(response, f" (key {key})")
+        return response
+
     # --- life ---------------------------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -150,10 +241,13 @@ class Simulator:
         return self.base_url
 
     async def close(self) -> None:
-        """Stop serving."""
+        """Stop serving (and close the journal)."""
+        self._closed.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.journal is not None:
+            self.journal.close()
 
     # --- the books ----------------------------------------------------------------------------------------
 
@@ -164,7 +258,9 @@ class Simulator:
 
     def add_credits(self, amount_usd: float, key: str = DEFAULT_KEY) -> None:
         """Top up ``key``'s balance."""
-        self.accounts[key].balance_micros += micros(amount_usd)
+        amount = micros(amount_usd)
+        self.accounts[key].balance_micros += amount
+        self._log({"type": "top_up", "key": key, "micros": amount})
 
     def ledger(self) -> dict[str, Any]:
         """Every account as JSON data, completions settled."""
@@ -172,12 +268,16 @@ class Simulator:
         return {key: account.as_json() for key, account in self.accounts.items()}
 
     def _advance(self) -> None:
-        now = self.clock()
+        self._settle_until(self.clock())
+
+    def _settle_until(self, now: float) -> None:
         while self._due and self._due[0][0] <= now:
             _, request_id = heapq.heappop(self._due)
-            self._settle(self.generations[request_id], now)
+            self._settle(self.generations[request_id])
 
-    def _settle(self, generation: Generation, now: float) -> None:
+    def _settle(self, generation: Generation) -> None:
+        """End a generation: release its hold, and charge it if it completed. Charged at its ``due`` time, not at
+        whenever someone looked, so that books replayed from a journal come out the same."""
         if generation.settled:
             return
         account = self.accounts[generation.key]
@@ -189,7 +289,35 @@ class Simulator:
             return
         generation.state = "COMPLETED"
         account.balance_micros -= generation.price_micros
-        account.charges.append(Charge(generation.request_id, generation.payload_hash, generation.price_micros, now))
+        account.charges.append(
+            Charge(generation.request_id, generation.payload_hash, generation.price_micros, generation.due)
+        )
+
+    # --- the journal --------------------------------------------------------------------------------------
+
+    def _log(self, record: Record) -> None:
+        if self.journal is not None:
+            self.journal.append(record)
+
+    def _replay(self, records: list[Record]) -> None:
+        """Rebuild the books from a journal's records, settling generations in the order they happened (so that
+        ``peak_in_progress`` comes out as it was); those due after now settle later, from the clock, as usual."""
+        for record in records:
+            kind = record.pop("type")
+            self._journal_account(record.get("key"))
+            if kind == "generation":
+                self._counter = max(self._counter, record.pop("counter"))
+                generation = Generation(**record)
+                self._settle_until(generation.created)
+                self._hold(generation)
+            elif kind == "seen":
+                self.accounts[record.pop("key")].requests.append(Seen(**record))
+            elif kind == "top_up":
+                self.accounts[record["key"]].balance_micros += record["micros"]
+
+    def _journal_account(self, key: Any) -> None:
+        if key not in self.accounts:
+            raise UsageError(f"the journal names the key {key!r}, which this simulator does not accept: add it")
 
     # --- submit -------------------------------------------------------------------------------------------
 
@@ -201,7 +329,7 @@ class Simulator:
         generation, fault = admitted
         if generation.due > generation.created:
             await asyncio.sleep(generation.due - generation.created)
-        self._settle(generation, self.clock())
+        self._settle(generation)
         if generation.will_fail:
             return _error(500, "Generation failed: the model could not render this request")
         if fault is not None and fault.kind == "drop":
@@ -233,7 +361,7 @@ class Simulator:
         generation, fault = admitted
         if fault is not None and fault.kind == "drop":
             return _drop(request)
-        origin = _origin(request)
+        origin = self.settings.foreign_origin.rstrip("/") or _origin(request)
         rid = generation.request_id
         return web.json_response(
             {
@@ -295,15 +423,23 @@ class Simulator:
         jitter = self.settings.latency_jitter_s
         latency = max(0.0, self.settings.latency_s + (self._random.uniform(-jitter, jitter) if jitter else 0.0))
         generation = Generation(request_id, key, model, payload, digest, price, now, now + latency, will_fail)
-        self.generations[request_id] = generation
-        account = self.accounts[key]
-        account.held_micros += price
-        account.start()
-        heapq.heappush(self._due, (generation.due, request_id))
+        self._hold(generation)
+        fields = {name: value for name, value in asdict(generation).items() if name not in ("state", "settled")}
+        self._log({"type": "generation", "counter": self._counter, **fields})
         return generation
 
+    def _hold(self, generation: Generation) -> None:
+        """Take an accepted generation on: hold its price, count it in progress, and wait for it to be due."""
+        self.generations[generation.request_id] = generation
+        account = self.accounts[generation.key]
+        account.held_micros += generation.price_micros
+        account.start()
+        heapq.heappush(self._due, (generation.due, generation.request_id))
+
     def _record(self, key: str, route: str, digest: str, status: int, request_id: str | None) -> None:
-        self.accounts[key].requests.append(Seen(route, digest, self.clock(), status, request_id))
+        seen = Seen(route, digest, self.clock(), status, request_id)
+        self.accounts[key].requests.append(seen)
+        self._log({"type": "seen", "key": key, **vars(seen)})
 
     def _check_key(self, request: web.Request, key: str) -> web.Response | None:
         if not key:
@@ -392,6 +528,9 @@ class Simulator:
         )
 
     async def _lookup(self, request: web.Request, route: str) -> Generation | web.StreamResponse:
+        redirected = self._redirect(request)
+        if redirected:
+            return redirected
         key = request.headers.get("x-api-key", "")
         refused = self._check_key(request, key)
         if refused:
@@ -402,13 +541,22 @@ class Simulator:
             await asyncio.sleep(self.settings.slow_first_byte_s)
         if fault is not None and fault.kind == "status":
             return self._fault_answer(fault)
+        if fault is not None and fault.kind == "junk":  # a proxy in the way answers its own page, with a 200
+            return web.Response(text=JUNK_PAGE, content_type="text/html")
         generation = self.generations.get(request.match_info["request_id"])
         if generation is None or generation.key != key or self.clock() - generation.created > self.settings.ttl_s:
             return _error(404, "Request not found or expired")
         return generation
 
+    def _redirect(self, request: web.Request) -> web.Response | None:
+        """With ``redirect_polls_to``, a 307 to that origin and the same path, before any key check or fault."""
+        origin = self.settings.redirect_polls_to.rstrip("/")
+        if not origin:
+            return None
+        return web.Response(status=307, headers={"Location": f"{origin}{request.rel_url}"})
+
     async def download(self, request: web.Request) -> web.StreamResponse:
-        """``GET /files/{id}.mp4``: the video, streamed; a download fault breaks it part-way."""
+        """``GET /files/{id}.mp4``: the video, streamed; a download fault breaks it part-way, or stalls it."""
         self._advance()
         generation = self.generations.get(request.match_info["request_id"])
         if generation is None or generation.state != "COMPLETED":
@@ -417,28 +565,50 @@ class Simulator:
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(self.settings.slow_first_byte_s)
         clip = self._clip(generation)
-        total = padded_size(clip, self.settings.video_size_bytes)
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-        response.content_length = total
-        await response.prepare(request)
-        cut = int(total * fault.at) if fault is not None and fault.kind in ("drop", "short") else total
-        sent = 0
+        response.content_length = padded_size(clip, self.settings.video_size_bytes)
+        stalled = fault is not None and fault.kind == "stall"
         try:
-            for chunk in padded_chunks(clip, self.settings.video_size_bytes):
-                part = chunk[: max(0, cut - sent)]
-                if part:
-                    await response.write(part)
-                sent += len(part)
-                if sent >= cut:
-                    break
+            await response.prepare(request)
+            whole = await (self._stall(response, clip) if stalled else self._video(response, clip, fault))
         except ConnectionError:  # the client went away (a killed runner): nothing to answer
             return response
-        if sent < total:
+        if not whole:
             if request.transport is not None:
                 request.transport.close()
             return response
         await response.write_eof()
         return response
+
+    async def _video(self, response: web.StreamResponse, clip: bytes, fault: Fault | None) -> bool:
+        """Write the video, up to where a ``drop`` or ``short`` fault cuts it; whether all of it went."""
+        total = padded_size(clip, self.settings.video_size_bytes)
+        cut = int(total * fault.at) if fault is not None and fault.kind in ("drop", "short") else total
+        sent = 0
+        for chunk in padded_chunks(clip, self.settings.video_size_bytes):
+            part = chunk[: max(0, cut - sent)]
+            await self._send(response, part, first=sent == 0)
+            sent += len(part)
+            if sent >= cut:
+                break
+        return sent == total
+
+    async def _stall(self, response: web.StreamResponse, clip: bytes) -> bool:
+        """The headers (with the whole ``Content-Length``) at once, then one byte per ``stall_gap_s``: a download
+        that never times out on a per-read deadline. Stops when the client goes or the simulator closes.
+        (A prepared ``StreamResponse`` has sent its headers already: aiohttp holds back only a ``Response``'s.)"""
+        for chunk in padded_chunks(clip, self.settings.video_size_bytes):
+            for index in range(len(chunk)):
+                if not await self._pause(self.settings.stall_gap_s):
+                    return False
+                await response.write(chunk[index : index + 1])
+        return True
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the simulator closes meanwhile; whether it is still open."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), seconds)
+        return not self._closed.is_set()
 
     def _clip(self, generation: Generation) -> bytes:
         spec = clip_spec(generation.payload, load_model(generation.model))
@@ -449,9 +619,10 @@ class Simulator:
     # --- the request history (Segmind's SDK: generations.py) ------------------------------------------------
 
     def _history_row(self, generation: Generation, origin: str) -> dict[str, Any]:
+        """One request as the history records it, in the row shape of ``history_shape``."""
         state = generation.status_at(self.clock())
         completed = state == "COMPLETED"
-        return {
+        row = {
             "request_id": generation.request_id,
             "model_name": generation.model,
             "model_status": "PENDING" if state in ("QUEUED", "PROCESSING") else state,
@@ -463,6 +634,7 @@ class Simulator:
             "updated_at": _utc(generation.due if generation.settled else generation.created),
             "error": "Generation failed: content could not be rendered" if state == "FAILED" else None,
         }
+        return _shape_row(row, generation, self.settings.history_shape)
 
     def _visible(self, generation: Generation, key: str) -> bool:
         return generation.key == key and self.clock() >= generation.created + self.settings.history_lag_s
@@ -475,6 +647,30 @@ class Simulator:
             return refused
         self._advance()
         query = request.query
+        window = self._history_window(query)
+        if isinstance(window, web.Response):
+            return window
+        page, per_page, from_date, to_date = window
+        matching = [
+            g
+            for g in self.generations.values()
+            if self._visible(g, key) and from_date <= datetime.fromtimestamp(g.created, UTC).date() <= to_date
+        ]
+        matching.sort(key=lambda g: g.created, reverse=query.get("sort_order", "desc") == "desc")
+        origin = _origin(request)
+        rows = [
+            row
+            for row in (self._history_row(g, origin) for g in matching)
+            if query.get("model_name") in (None, row["model_name"])
+            and query.get("status") in (None, row["model_status"])
+        ]
+        start = (page - 1) * per_page
+        return web.json_response(
+            _history_page(rows[start : start + per_page], page, per_page, len(rows), self.settings.history_shape)
+        )
+
+    def _history_window(self, query: Any) -> tuple[int, int, date, date] | web.Response:
+        """The page, its size and the date window a history query asks for, or the 400 of a bad one."""
         try:
             page, per_page = int(query.get("page", "1")), int(query.get("per_page", "100"))
             today = datetime.fromtimestamp(self.clock(), UTC).date()
@@ -486,29 +682,7 @@ class Simulator:
             return _error(400, "page starts at 1; per_page is between 1 and 100")
         if not timedelta(0) <= to_date - from_date <= timedelta(days=31):
             return _error(400, "the date window is at most 31 days, from_date before to_date")
-        origin = _origin(request)
-        rows = [
-            self._history_row(g, origin)
-            for g in self.generations.values()
-            if self._visible(g, key) and from_date <= datetime.fromtimestamp(g.created, UTC).date() <= to_date
-        ]
-        rows = [
-            row
-            for row in rows
-            if query.get("model_name") in (None, row["model_name"])
-            and query.get("status") in (None, row["model_status"])
-        ]
-        rows.sort(key=lambda row: row["created_at"], reverse=query.get("sort_order", "desc") == "desc")
-        start = (page - 1) * per_page
-        return web.json_response(
-            {
-                "data": rows[start : start + per_page],
-                "page": page,
-                "per_page": per_page,
-                "total": len(rows),
-                "total_pages": max(1, -(-len(rows) // per_page)),
-            }
-        )
+        return page, per_page, from_date, to_date
 
     async def history_get(self, request: web.Request) -> web.StreamResponse:
         """``GET /inference-request/request-history/{id}``: one request, of any age."""
@@ -548,10 +722,15 @@ class Simulator:
 
 @asynccontextmanager
 async def running_simulator(
-    settings: SimSettings | None = None, faults: FaultPlan | None = None, host: str = "127.0.0.1", port: int = 0
+    settings: SimSettings | None = None,
+    faults: FaultPlan | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    journal: Path | None = None,
 ) -> AsyncIterator[Simulator]:
-    """A simulator serving on ``host:port`` for the duration of the block; its URL is ``.base_url``."""
-    simulator = Simulator(settings, faults)
+    """A simulator serving on ``host:port`` for the duration of the block; its URL is ``.base_url``. With a
+    ``journal``, it carries on from the books the file holds and keeps them there."""
+    simulator = Simulator(settings, faults, journal=journal)
     await simulator.start(host, port)
     try:
         yield simulator
@@ -559,8 +738,51 @@ async def running_simulator(
         await simulator.close()
 
 
+def parse_trickle(text: str) -> tuple[int, float]:
+    """``700:4`` (``batchgen simulate --trickle BYTES:MS``) → ``trickle_bytes`` 700, ``trickle_gap_s`` 0.004."""
+    size, _, gap_ms = text.partition(":")
+    try:
+        size_bytes, gap_s = int(size), float(gap_ms) / 1000
+    except ValueError:
+        size_bytes, gap_s = 0, -1.0
+    if size_bytes < 1 or gap_s < 0:
+        raise UsageError(f"--trickle takes BYTES:MS, pieces of 1 byte or more and a gap, e.g. 700:4 (got {text!r})")
+    return size_bytes, gap_s
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _append_to_error(response: web.Response, suffix: str) -> None:
+    """End the message of a ``{"error": ...}`` JSON body with ``suffix``; any other body is left alone."""
+    if response.content_type != "application/json" or not isinstance(response.body, bytes):
+        return
+    body = json.loads(response.body)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        response.body = json.dumps({**body, "error": body["error"] + suffix}).encode()
+
+
+def _shape_row(row: dict[str, Any], generation: Generation, shape: str) -> dict[str, Any]:
+    """A history row in ``shape``: ISO ``created_at`` and ``updated_at`` (most shapes), the creation time alone as
+    epoch seconds under ``model_created`` (``epoch``), or no time at all (``unknown``)."""
+    if shape in ("epoch", "unknown"):
+        del row["created_at"], row["updated_at"]
+    if shape == "epoch":
+        row["model_created"] = round(generation.created, 3)
+    return row
+
+
+def _history_page(rows: list[dict[str, Any]], page: int, per_page: int, total: int, shape: str) -> dict[str, Any]:
+    """A page of the request history in ``shape`` (see ``HISTORY_SHAPES``)."""
+    pages = max(1, -(-total // per_page))
+    if shape == "items":
+        return {"items": rows, "page": page, "per_page": per_page, "total": total}
+    if shape == "results":
+        return {"results": rows, "has_more": page < pages}
+    if shape == "unknown":
+        return {"records": rows, "page": page}
+    return {"data": rows, "page": page, "per_page": per_page, "total": total, "total_pages": pages}
 
 
 def _failed(generation: Generation) -> web.Response:
