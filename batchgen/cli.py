@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from batchgen.simulator.server import SimSettings
 
 KEY_ENV = "SEGMIND_API_KEY"  # the default of --api-key-env
+SIMULATOR_JOURNAL = "simulator.jsonl"  # the requests and ledger of a --simulate run's simulator, in its directory
 
 EXIT_CODES = """\
 exit codes:
@@ -41,7 +42,7 @@ exit codes:
   1    some jobs failed
   2    usage or manifest error
   3    stopped by the budget with jobs left
-  4    stopped by the provider (auth, insufficient credits, model gone)
+  4    stopped by the provider (auth, insufficient credits, model gone, host unreachable)
   130  interrupted
 """
 
@@ -409,6 +410,19 @@ def _add_run(commands: Any) -> None:
     command.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no key, no cost)")
     command.add_argument("--sim-latency-s", type=float, default=2.0, metavar="S", help="simulated generation time")
     command.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    command.add_argument(
+        "--progress-every-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="without a terminal, a progress line every S seconds, changed or not (default 60)",
+    )
+    command.add_argument(
+        "--unreachable-s",
+        type=float,
+        metavar="S",
+        help="stop the run (exit 4) when the API's host has not been reached for S seconds (default 120)",
+    )
     _add_max_jobs(command)
 
 
@@ -424,7 +438,12 @@ def _run(args: argparse.Namespace) -> int:
     target = None if args.simulate else _target(args, manifest)
     root = run_root(manifest.name, args.out)
     with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest) as (run_dir, store):
-        progress = Progress(store.manifest_job_count(), settings.budget_micros, enabled=not args.no_progress)
+        progress = Progress(
+            store.manifest_job_count(),
+            settings.budget_micros,
+            enabled=not args.no_progress,
+            every_s=args.progress_every_s,
+        )
         started = time.time()
         try:
             result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress))
@@ -432,7 +451,7 @@ def _run(args: argparse.Namespace) -> int:
             progress.close()
         store.set_meta(last_run={"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code})
         write_report(store, run_dir)
-    _print_result(result, root)
+    _print_result(result, root, stop_said=progress.stop_said)
     return int(result.exit_code)
 
 
@@ -458,7 +477,7 @@ def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("poll_interval_s", "max_polls_per_s"):
+    for name in ("poll_interval_s", "max_polls_per_s", "unreachable_s", "progress_every_s"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be more than 0")
@@ -476,6 +495,7 @@ def _run_settings(args: argparse.Namespace, manifest: Manifest) -> RunSettings:
         backoff_base_s=args.backoff_base_s if args.backoff_base_s is not None else 0.5 if args.simulate else 2.0,
         deadline=_parse_deadline(args.deadline) if args.deadline else None,
         history_lag_s=args.history_lag_s,
+        **({"unreachable_s": args.unreachable_s} if args.unreachable_s is not None else {}),
     )
 
 
@@ -502,17 +522,15 @@ async def _run_async(
     progress: Progress,
 ) -> RunResult:
     if target is None:
-        import secrets
-
         from batchgen.launch import Target
         from batchgen.simulator.server import SimSettings, running_simulator
 
-        key = f"sim-{secrets.token_hex(8)}"
-        sim_settings = SimSettings(keys=(key,), latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
-        async with running_simulator(sim_settings) as simulator:
-            return await _drive(
-                manifest, store, run_dir, settings, Target(simulator.base_url, key, simulator.base_url), progress
-            )
+        # The simulator keeps its requests and ledger in the run directory, so that a stopped demo resumes as a real
+        # run does: its requests are still there to poll, fetch and find in the history, and none is paid twice.
+        sim_settings = SimSettings(latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
+        async with running_simulator(sim_settings, journal=run_dir.root / SIMULATOR_JOURNAL) as simulator:
+            sim_target = Target(simulator.base_url, DEFAULT_KEY, simulator.base_url)
+            return await _drive(manifest, store, run_dir, settings, sim_target, progress)
     return await _drive(manifest, store, run_dir, settings, target, progress)
 
 
@@ -538,9 +556,11 @@ async def _drive(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.request_stop)
+        heartbeat = asyncio.create_task(progress.heartbeat())
         try:
             return await runner.run()
         finally:
+            heartbeat.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -548,13 +568,14 @@ async def _drive(
 class Progress:
     """A tqdm bar on a terminal, one plain line a minute otherwise, or nothing (``--no-progress``)."""
 
-    LINE_EVERY_S = 60.0
     BAR_EVERY_S = 0.2
 
-    def __init__(self, total: int, budget_micros: int | None, *, enabled: bool) -> None:
+    def __init__(self, total: int, budget_micros: int | None, *, enabled: bool, every_s: float = 60.0) -> None:
         from tqdm import tqdm
 
         self.enabled = enabled
+        self.every_s = every_s
+        self.stop_said = False  # the run's stop was printed as it happened: not again at the end
         self.budget = budget_micros
         self.runner: Runner | None = None
         self.total = total
@@ -570,20 +591,37 @@ class Progress:
         if not self.enabled or self.runner is None:
             return
         if event.kind in ("warning", "stop", "failed", "lost"):
-            self._say(event.message)
+            self._say(f"{event.job_id}: {event.message}" if event.job_id else event.message)
+            self.stop_said = self.stop_said or event.kind == "stop"
         now = time.monotonic()
         if self.bar is not None:
             if now - self.last_bar >= self.BAR_EVERY_S:  # the counts are a query: not one per event
                 self.last_bar = now
                 self._update_bar()
-        elif now - self.last_line >= self.LINE_EVERY_S:
-            self.last_line = now
-            finished, failed, flying, money = self._figures()
-            print(
-                f"{finished}/{self.total} finished, {failed} failed, {flying} in flight, {money} spent",
-                file=sys.stderr,
-                flush=True,
-            )
+        elif now - self.last_line >= self.every_s:
+            self._line(now)
+
+    async def heartbeat(self) -> None:
+        """Without a terminal, a line a minute even while nothing changes (a stalled night shows as one)."""
+        import asyncio
+
+        if not self.enabled or self.bar is not None or self.runner is None:
+            return
+        while True:
+            await asyncio.sleep(max(0.0, self.last_line + self.every_s - time.monotonic()))
+            now = time.monotonic()
+            if now - self.last_line >= self.every_s:
+                self._line(now)
+
+    def _line(self, now: float) -> None:
+        self.last_line = now
+        finished, failed, flying, money = self._figures()
+        print(
+            f"{time.strftime('%H:%M:%S')} {finished}/{self.total} finished, {failed} failed, {flying} in flight, "
+            f"{money} spent",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _figures(self) -> tuple[int, int, int, str]:
         """(finished, failed, in flight, money spent [of the budget]) from the state."""
@@ -614,16 +652,17 @@ class Progress:
             self.bar.close()
 
 
-def _print_result(result: RunResult, root: Path) -> None:
+def _print_result(result: RunResult, root: Path, *, stop_said: bool) -> None:
     counts = result.counts
     shown = ", ".join(f"{counts[state]} {state}" for state in counts if counts[state])
     print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}; open {root / 'index.html'}")
-    if result.stop_message:
+    if result.stop_message and not stop_said:
         print(result.stop_message, file=sys.stderr)
     hints = {
         ExitCode.JOBS_FAILED: f"see `batchgen status --out {root}`; `batchgen retry --out {root} --failed` tries again",
         ExitCode.BUDGET: "jobs were left for the budget or the deadline: raise --budget and run again to go on",
-        ExitCode.PROVIDER: "fix the cause (key, credits, model), then run again: finished jobs are not paid again",
+        ExitCode.PROVIDER: "fix the cause (key, credits, model, network), then run again: finished jobs are not paid "
+        "again",
         ExitCode.INTERRUPTED: "run the same command again to resume",
     }
     if result.exit_code in hints:
@@ -685,6 +724,11 @@ def _add_reconcile(commands: Any) -> None:
     command.add_argument("--history-url", metavar="URL", help="the request history's URL (as for run)")
     command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
     command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
+    command.add_argument(
+        "--simulate",
+        action="store_true",
+        help="a run made with --simulate: compare with its simulator's books (kept in the run directory)",
+    )
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -695,20 +739,30 @@ def _reconcile(args: argparse.Namespace) -> int:
     from batchgen.reconcile import reconcile, reconcile_text
 
     root = _root_of(args)
-    with open_state(root) as (_, store):
+    with open_state(root) as (run_dir, store):
         manifest_path = args.manifest or store.get_meta("manifest")
         manifest = load_manifest(manifest_path, max_jobs=sys.maxsize)
-        target = _target(args, manifest)
-        if target.history_url is None:
+        target = None if args.simulate else _target(args, manifest)
+        if target is not None and target.history_url is None:
             raise UsageError("reconcile needs the request history: give --history-url")
 
-        async def compare() -> dict[str, Any]:
+        async def compare(target: Target) -> dict[str, Any]:
             async with Client(
                 target.base_url, target.api_key, manifest.model.slug, history_url=target.history_url
             ) as c:
                 return await reconcile(store, c)
 
-        data = asyncio.run(compare())
+        async def compare_simulated() -> dict[str, Any]:
+            from batchgen.launch import Target
+            from batchgen.simulator.server import running_simulator
+
+            journal = run_dir.root / SIMULATOR_JOURNAL
+            if not journal.exists():
+                raise UsageError(f"{root} was not run with --simulate: there is no {journal.name} in it")
+            async with running_simulator(journal=journal) as simulator:
+                return await compare(Target(simulator.base_url, DEFAULT_KEY, simulator.base_url))
+
+        data = asyncio.run(compare_simulated() if target is None else compare(target))
     print(json.dumps(data, indent=2) if args.json else reconcile_text(data))
     return int(ExitCode.OK if data["agree"] else ExitCode.JOBS_FAILED)
 

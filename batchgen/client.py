@@ -1,35 +1,55 @@
 """The provider's HTTP protocol (v1 and v2): the only user of aiohttp's client.
 
 Every error of aiohttp is mapped here, at one seam (``_exchange``), to an :class:`AnswerError` carrying the
-:class:`Decision` of ``decisions.classify``. The API key is sent only to the API's own base URL, never to the
-hosts videos are downloaded from, and it appears in no message.
+:class:`Decision` of ``decisions.classify``. What holds off loopback (``DESIGN.md``, invariants 6-8):
+
+- **The key stays home.** ``x-api-key`` goes only to the origins the user configured (the API's base URL and the
+  request history's). Poll and result URLs are derived from the base URL and the request id, as Segmind's SDK
+  derives them, never taken from an answer; video URLs on other hosts are fetched without the key. Redirects are
+  followed here, hop by hop: a hop to another origin drops the key, and one from https to plain http is refused.
+  Any text of the provider is stripped of the key before it leaves this module (a provider may quote it back).
+- **An answer is read whole**, to its end, under a size cap, however many pieces it arrives in; a partial read is
+  never data.
+- **Every wait is bounded.** Each call has a timeout; a download must keep above a floor of bytes per second over a
+  window and end before a deadline proportionate to its size.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from batchgen.decisions import Decision, classify, provider_message
 from batchgen.errors import ProviderError
+from batchgen.history import HistoryRow, HistoryShapeError, cost_micros, parse_page, parse_row
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
 DEFAULT_HISTORY_URL = "https://api.spotprod.segmind.com"
 HISTORY_PATH = "/inference-request/request-history"
 HISTORY_WINDOW_DAYS = 31
-CHUNK = 1 << 16
+HISTORY_PER_PAGE = 100
+MAX_HISTORY_PAGES = 2_000  # 200,000 requests in the window: a provider that always says "more" is stopped here
 MAX_JSON_BYTES = 1 << 20
+MAX_ERROR_BYTES = 64 << 10  # an error body is read up to this much (whole, when it is smaller), then cut
 MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+SHORTEST_REDACTED_KEY = 6  # a shorter "key" (a test's "k") would blank every such letter of every message
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class AnswerError(ProviderError):
@@ -47,15 +67,6 @@ class Sink(Protocol):
 
 
 @dataclass(frozen=True)
-class Submitted:
-    """A v2 submit's answer."""
-
-    request_id: str
-    status_url: str
-    response_url: str
-
-
-@dataclass(frozen=True)
 class Completed:
     """A finished generation: where its video is and what it cost (µUSD, when the provider says)."""
 
@@ -66,49 +77,38 @@ class Completed:
 
 
 @dataclass(frozen=True)
-class HistoryRow:
-    """One request as the provider's request history records it."""
-
-    request_id: str
-    model: str
-    status: str  # COMPLETED, FAILED or PENDING
-    cost_micros: int | None
-    request_body: Any
-    generation_url: str | None
-    created_at: float  # epoch seconds
-
-    @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> HistoryRow | None:
-        """A row from the provider's JSON (``None`` when it lacks what matching needs)."""
-        request_id, created = data.get("request_id"), data.get("created_at")
-        if not isinstance(request_id, str) or not isinstance(created, str):
-            return None
-        try:
-            at = datetime.fromisoformat(created.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        url = data.get("generation_url")
-        return cls(
-            request_id,
-            str(data.get("model_name", "")),
-            str(data.get("model_status", "")).upper(),
-            _cost(data.get("credits_deduction")),
-            data.get("request_body"),
-            url if isinstance(url, str) and url.startswith(("http://", "https://")) else None,
-            at.timestamp(),
-        )
-
-
-@dataclass(frozen=True)
 class Timeouts:
-    """Seconds to wait for each kind of call."""
+    """Seconds to wait for each kind of call, and the progress a download must keep.
+
+    A download slower than ``download_floor_bps`` over any ``download_window_s`` (or silent that long) is
+    abandoned, and so is one not over by ``download_grace_s`` + its size at the floor's rate.
+    """
 
     submit_s: float = 60.0
     poll_s: float = 30.0
     v1_s: float = 15 * 60.0
-    download_read_s: float = 60.0
+    download_floor_bps: float = 16 * 1024
+    download_window_s: float = 30.0
+    download_grace_s: float = 60.0
+
+    def download_deadline_s(self, size: int) -> float:
+        """How long a download of ``size`` bytes may take at most."""
+        return self.download_grace_s + size / self.download_floor_bps
+
+
+def _redacting(
+    method: Callable[Concatenate[Client, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Client, P], Coroutine[Any, Any, R]]:
+    """Strip the key from the message of any :class:`AnswerError` a public method raises."""
+
+    @functools.wraps(method)
+    async def wrapper(client: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(client, *args, **kwargs)
+        except AnswerError as exc:
+            raise AnswerError(exc.decision.with_message(client.redact(exc.decision.message))) from None
+
+    return wrapper
 
 
 class Client:
@@ -132,29 +132,44 @@ class Client:
         self.max_video_bytes = max_video_bytes
         self.timeouts = timeouts or Timeouts()
         self.clock = clock
+        self.reached_at: float | None = None  # when the API's origin last answered anything (``clock`` time)
         self._key = api_key
+        origins = [self.base_url, *([self.history_url] if self.history_url else [])]
+        self._trusted = {_origin(URL(origin)) for origin in origins}
         self._connections = connections
-        self._api: aiohttp.ClientSession | None = None
-        self._files: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never the key
         return f"Client({self.base_url!r}, model={self.model!r})"
 
     async def __aenter__(self) -> Client:
-        connector = aiohttp.TCPConnector(limit=self._connections)
-        self._api = aiohttp.ClientSession(headers={"x-api-key": self._key}, connector=connector)
-        self._files = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._connections))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._connections))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for session in (self._api, self._files):
-            if session is not None:
-                await session.close()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def host(self) -> str:
+        """The API's host, for messages."""
+        return URL(self.base_url).host or self.base_url
+
+    def redact(self, text: str) -> str:
+        """``text`` without the key."""
+        if len(self._key) < SHORTEST_REDACTED_KEY:
+            return text
+        return text.replace(self._key, "[the API key]")
+
+    def trusts(self, url: str | URL) -> bool:
+        """Whether ``url`` is on an origin the user sent the key to."""
+        return _origin(URL(url)) in self._trusted
 
     # --- v2 -----------------------------------------------------------------------------------------------
 
-    async def submit(self, payload: Mapping[str, Any]) -> Submitted:
-        """``POST /v2/{model}``: the request id and the URLs to poll."""
+    @_redacting
+    async def submit(self, payload: Mapping[str, Any]) -> str:
+        """``POST /v2/{model}``: the request id (the URLs of the answer are not used: see the module's doc)."""
         async with self._exchange(
             "submit", "POST", f"{self.base_url}/v2/{self.model}", self.timeouts.submit_s, json=payload
         ) as response:
@@ -163,28 +178,36 @@ class Client:
             except AnswerError as exc:  # a 200 we cannot read may still have started (and billed) a generation
                 raise AnswerError(replace(exc.decision, billed="unknown", status=200)) from None
         request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise AnswerError(Decision("retry", "unknown", f"the submit answer has no request_id: {_show(data)}", 200))
-        return Submitted(
-            request_id,
-            _url_or(data.get("status_url"), f"{self.base_url}/v2/requests/{request_id}/status"),
-            _url_or(data.get("response_url"), f"{self.base_url}/v2/requests/{request_id}"),
-        )
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+            what = "an unusable request_id" if isinstance(request_id, str) and request_id else "no request_id"
+            message = f"the submit answer has {what}: {_show(data)}"
+            raise AnswerError(Decision("retry", "unknown", message, 200, cause="unreadable"))
+        return request_id
 
-    async def status(self, status_url: str) -> str:
-        """``GET status_url``: QUEUED, PROCESSING or COMPLETED (FAILED raises, as the provider answers 422)."""
-        async with self._exchange("poll", "GET", status_url, self.timeouts.poll_s) as response:
-            data = await _json_of(response, "poll")
+    def status_url(self, request_id: str) -> str:
+        """Where a request's status is: derived from the base URL, as Segmind's SDK derives it."""
+        return str(URL(self.base_url) / "v2" / "requests" / request_id / "status")
+
+    def result_url(self, request_id: str) -> str:
+        """Where a request's result is."""
+        return str(URL(self.base_url) / "v2" / "requests" / request_id)
+
+    @_redacting
+    async def status(self, request_id: str) -> str:
+        """The request's status: QUEUED, PROCESSING or COMPLETED (FAILED raises, as the provider answers 422)."""
+        async with self._exchange("poll", "GET", self.status_url(request_id), self.timeouts.poll_s) as response:
+            data = await _json_of(response, "status")
         status = str(data.get("status", "")).upper()
         if status == "FAILED":
             raise AnswerError(_failed(data))
         if status not in ("QUEUED", "PROCESSING", "COMPLETED"):
-            raise _protocol(f"unknown status in {_show(data)}")
+            raise _protocol(f"unknown status in the status answer {_show(data)}")
         return status
 
-    async def result(self, response_url: str) -> Completed | None:
-        """``GET response_url``: the video URL and the cost, or ``None`` while not completed."""
-        async with self._exchange("result", "GET", response_url, self.timeouts.poll_s) as response:
+    @_redacting
+    async def result(self, request_id: str) -> Completed | None:
+        """The video URL and the cost of a request, or ``None`` while it is not completed."""
+        async with self._exchange("result", "GET", self.result_url(request_id), self.timeouts.poll_s) as response:
             data = await _json_of(response, "result")
         status = str(data.get("status", "")).upper()
         if status == "FAILED":
@@ -192,10 +215,11 @@ class Client:
         if status != "COMPLETED":
             return None
         metrics = data["metrics"] if isinstance(data.get("metrics"), dict) else {}
-        return Completed(_str(data.get("request_id")), _video_url(data), _cost(metrics.get("cost")))
+        return Completed(_str(data.get("request_id")), _video_url(data), cost_micros(metrics.get("cost")))
 
     # --- v1 -----------------------------------------------------------------------------------------------
 
+    @_redacting
     async def generate(
         self, payload: Mapping[str, Any], sink: Sink, on_billed: Callable[[Completed], None]
     ) -> Completed:
@@ -205,13 +229,13 @@ class Client:
         """
         url = f"{self.base_url}/v1/{self.model}"
         async with self._exchange("submit", "POST", url, self.timeouts.v1_s, json=payload) as response:
-            billed = Completed(response.headers.get("x-request-id"), None, _cost(response.headers.get("x-cost")))
+            billed = Completed(response.headers.get("x-request-id"), None, cost_micros(response.headers.get("x-cost")))
             on_billed(billed)
             if response.content_type.startswith("video/"):
                 await self._stream(response, sink)
                 return billed
             if response.content_type != "application/json":
-                head = await response.content.read(200)
+                head = await _read_capped(response, 200)
                 raise _protocol(f"the answer is neither a video nor JSON ({response.content_type}): {_text(head)}")
             data = await _json_of(response, "submit", limit=self.max_video_bytes * 4 // 3 + MAX_JSON_BYTES)
         video_url = _video_url(data)
@@ -228,86 +252,107 @@ class Client:
 
     # --- download and account -----------------------------------------------------------------------------
 
+    @_redacting
     async def download(self, url: str, sink: Sink) -> int:
-        """Stream the video at ``url`` into ``sink``; the byte count. No API key is sent to file hosts."""
+        """Stream the video at ``url`` into ``sink``; the byte count. No key is sent to hosts the user did not name."""
         if URL(url).scheme not in ("http", "https"):
             raise AnswerError(Decision("fail_job", "no", f"the video URL is not http(s): {url[:100]}"))
-        async with self._exchange("download", "GET", url, None, files=True) as response:
+        async with self._exchange("download", "GET", url, None) as response:
             if response.content_type in ("text/html", "application/json", "text/plain"):
-                head = await response.content.read(200)
+                head = await _read_capped(response, 200)
                 raise _protocol(f"the download is not a video ({response.content_type}): {_text(head)}")
             return await self._stream(response, sink)
 
+    @_redacting
     async def credits(self) -> float:
         """``GET /v1/get-user-credits``: the account's balance in USD (credits + free credits)."""
         async with self._exchange("credits", "GET", f"{self.base_url}/v1/get-user-credits", 30.0) as response:
             data = await _json_of(response, "credits")
-        return float(data.get("credits") or 0) + float(data.get("free-credits") or 0)
+        try:
+            return float(data.get("credits") or 0) + float(data.get("free-credits") or 0)
+        except (TypeError, ValueError):
+            raise _protocol(f"the balance is not a number: {_show(data)}") from None
 
     # --- the request history ------------------------------------------------------------------------------
 
+    @_redacting
     async def history_get(self, request_id: str) -> HistoryRow | None:
         """The provider's record of one request, of any age; ``None`` when it does not know it (yet)."""
-        url = f"{self._history()}{HISTORY_PATH}/{request_id}"
+        if not REQUEST_ID.fullmatch(request_id):
+            return None
+        url = str(URL(self._history()) / HISTORY_PATH.strip("/") / request_id)
         try:
             async with self._exchange("history", "GET", url, 30.0) as response:
-                data = await _json_of(response, "history")
+                data = await _json_of(response, "history", whole=True)
         except AnswerError as exc:
             if exc.decision.status == 404:
                 return None
             raise
-        return HistoryRow.parse(data)
+        try:
+            return parse_row(data.get("data", data) if isinstance(data, dict) else data)
+        except HistoryShapeError as exc:
+            raise _unreadable_history(exc) from None
 
+    @_redacting
     async def history_since(self, since: float) -> list[HistoryRow]:
         """Every request of this model created since ``since`` (epoch), all pages, one row per request id.
 
-        The window starts on the day of ``since`` (at most 31 days back, as the provider allows).
+        The window starts on the day of ``since`` (at most 31 days back, as the provider allows). A page in a shape
+        batchgen cannot read is an error (``cause`` unreadable), never "no rows".
         """
         today = datetime.fromtimestamp(self.clock(), UTC).date()
         start = max(datetime.fromtimestamp(since, UTC).date(), today - timedelta(days=HISTORY_WINDOW_DAYS))
         rows: dict[str, HistoryRow] = {}
-        page, pages = 1, 1
-        while page <= pages:
+        for page in range(1, MAX_HISTORY_PAGES + 1):
             query = {
                 "page": page,
-                "per_page": 100,
+                "per_page": HISTORY_PER_PAGE,
                 "from_date": start.isoformat(),
                 "to_date": today.isoformat(),
                 "model_name": self.model,
                 "sort_by": "model_created",
                 "sort_order": "desc",
             }
-            async with self._exchange(
-                "history", "GET", f"{self._history()}{HISTORY_PATH}", 30.0, params=query
-            ) as response:
-                data = await _json_of(response, "history")
-            for item in data.get("data") or []:
-                row = HistoryRow.parse(item) if isinstance(item, dict) else None
-                if row is not None and row.created_at >= since:
+            url = f"{self._history()}{HISTORY_PATH}"
+            async with self._exchange("history", "GET", url, 30.0, params=query) as response:
+                data = await _json_of(response, "history", whole=True)
+            try:
+                parsed = parse_page(data, page, HISTORY_PER_PAGE)
+            except HistoryShapeError as exc:
+                raise _unreadable_history(exc) from None
+            for row in parsed.rows:
+                if row.created_at >= since and row.model in ("", self.model):
                     rows.setdefault(row.request_id, row)  # a request with several outputs shows once per output
-            pages = int(data.get("total_pages") or 1)
-            page += 1
-        return list(rows.values())
+            if not parsed.more:
+                return list(rows.values())
+        raise _unreadable_history(HistoryShapeError(f"it still said there was more after {MAX_HISTORY_PAGES} pages"))
 
     def _history(self) -> str:
         if not self.history_url:
             raise AnswerError(Decision("retry", "no", "no request-history URL is set"))
         return self.history_url
 
+    # --- one exchange -------------------------------------------------------------------------------------
+
     async def _stream(self, response: aiohttp.ClientResponse, sink: Sink) -> int:
+        """The body into ``sink``, whole, under the cap, the progress floor and the deadline."""
         declared = response.content_length
         if declared is not None and declared > self.max_video_bytes:
             raise _protocol(f"the video is {declared:,} bytes, over the cap of {self.max_video_bytes:,}")
+        pace = _Pace(self.timeouts, declared if declared is not None else self.max_video_bytes)
         received = 0
         try:
-            async for chunk in response.content.iter_chunked(CHUNK):
+            while chunk := await pace.next(response.content):
                 received += len(chunk)
                 if received > self.max_video_bytes:
                     raise _protocol(f"the video passed the cap of {self.max_video_bytes:,} bytes")
                 sink.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             message = f"the download broke after {received:,} bytes: {_reason(exc)}"
-            raise AnswerError(Decision("retry", "no", message)) from None
+            raise AnswerError(Decision("retry", "no", message, cause="silence")) from None
+        except _Stalled as exc:
+            message = f"the download was abandoned after {received:,} bytes: {exc}"
+            raise AnswerError(Decision("retry", "no", message, cause="silence")) from None
         if declared is not None and received != declared:
             raise AnswerError(Decision("retry", "no", f"the body has {received:,} of {declared:,} announced bytes"))
         if received == 0:
@@ -316,24 +361,130 @@ class Client:
 
     @asynccontextmanager
     async def _exchange(
-        self, phase: str, method: str, url: str, timeout_s: float | None, *, files: bool = False, **kwargs: Any
+        self, phase: str, method: str, url: str, timeout_s: float | None, **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request; a non-2xx answer or any error of aiohttp becomes an :class:`AnswerError`."""
-        session = self._files if files else self._api
-        assert session is not None, "use the client as an async context manager"
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=self.timeouts.download_read_s if files else None)
+        """One request, its redirects followed here; a non-2xx answer or any error of aiohttp becomes an
+        :class:`AnswerError`. The body is the caller's to read, inside the block."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with session.request(method, url, timeout=timeout, max_redirects=MAX_REDIRECTS, **kwargs) as response:
+            response, keyed = await self._open(phase, method, URL(url, encoded="%" in url), timeout, kwargs)
+            try:
                 if response.status >= 300:
-                    body = await response.content.read(4096)
-                    raise AnswerError(classify(phase, response.status, response.headers, body, self.clock()))
+                    body = await _read_capped(response, MAX_ERROR_BYTES)
+                    raise AnswerError(self._refused(phase, response, body, keyed))
                 yield response
+            finally:
+                response.release()
         except aiohttp.ClientConnectorError as exc:
-            raise AnswerError(classify(phase, None, {}, "unsent", self.clock()).with_message(_reason(exc))) from None
-        except aiohttp.TooManyRedirects:
-            raise AnswerError(Decision("fail_job" if files else "retry", "no", "too many redirects")) from None
+            decision = classify(phase, None, {}, "unsent", self.clock())
+            raise AnswerError(decision.with_message(_reason(exc))) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AnswerError(classify(phase, None, {}, "", self.clock()).with_message(_reason(exc))) from None
+
+    async def _open(
+        self, phase: str, method: str, url: URL, timeout: aiohttp.ClientTimeout, kwargs: dict[str, Any]
+    ) -> tuple[aiohttp.ClientResponse, bool]:
+        """Send the request and follow its redirects: the key only to a trusted origin at each hop, and never from
+        https down to plain http. The final answer, and whether it was sent the key."""
+        assert self._session is not None, "use the client as an async context manager"
+        for _ in range(MAX_REDIRECTS + 1):
+            keyed = self.trusts(url)
+            headers = {"x-api-key": self._key} if keyed else {}
+            if phase == "download":
+                headers["Accept-Encoding"] = "identity"  # the bytes as stored: checked, hashed, sized as sent
+            response = await self._session.request(
+                method, url, headers=headers, timeout=timeout, allow_redirects=False, **kwargs
+            )
+            if keyed and url.host == URL(self.base_url).host:
+                self.reached_at = self.clock()
+            location = response.headers.get("Location") if response.status in REDIRECTS else None
+            if location is None:
+                return response, keyed
+            response.release()
+            hop = redirect(url, method, response.status, location)
+            if isinstance(hop, str):
+                action = "fail_job" if phase == "download" else "retry"
+                raise AnswerError(Decision(action, "no", hop, response.status, cause="unreadable"))
+            url, method = hop
+            if method == "GET":
+                kwargs = {key: value for key, value in kwargs.items() if key not in ("json", "data")}
+        action = "fail_job" if phase == "download" else "retry"
+        raise AnswerError(Decision(action, "no", f"more than {MAX_REDIRECTS} redirects", cause="unreadable"))
+
+    def _refused(self, phase: str, response: aiohttp.ClientResponse, body: bytes, keyed: bool) -> Decision:
+        """What a non-2xx answer means. One from a host that was not sent the key says nothing of the key, the
+        model or the account: a failed read to try again (a 404 there is no forgotten request either)."""
+        if keyed:
+            return classify(phase, response.status, response.headers, body, self.clock())
+        words = provider_message(response.status, body, 120)
+        message = f"{response.url.host} answered HTTP {response.status}: {words}"
+        return Decision("retry", "no", message, response.status, cause="unreadable")
+
+
+def redirect(url: URL, method: str, status: int, location: str) -> tuple[URL, str] | str:
+    """Where a redirect leads and with which method (303, and 301/302 after a POST, become a GET, as browsers do);
+    or why it is refused: a scheme that is not http(s), or a step down from https to plain http."""
+    try:
+        target = url.join(URL(location))
+        host = target.host
+    except ValueError:
+        return f"refused a redirect to an invalid URL: {location[:100]!r}"
+    if target.scheme not in ("http", "https") or not host:
+        return f"refused a redirect to a URL that is not http(s): {location[:100]!r}"
+    if url.scheme == "https" and target.scheme != "https":
+        return f"refused a redirect from https://{url.host} down to plain http://{host}"
+    if status == 303 or (status in (301, 302) and method == "POST"):
+        method = "GET"
+    return target, method
+
+
+class _Stalled(Exception):
+    """A download fell under the progress floor, or past its deadline."""
+
+
+class _Pace:
+    """The progress a download must keep: the floor over each window, and the deadline (the loop's clock)."""
+
+    def __init__(self, timeouts: Timeouts, size: int) -> None:
+        self.floor_bps = timeouts.download_floor_bps
+        self.window_s = timeouts.download_window_s
+        self.limit_s = timeouts.download_deadline_s(size)
+        self.clock = asyncio.get_running_loop().time
+        self.window_start = self.clock()
+        self.deadline = self.window_start + self.limit_s
+        self.window_bytes = 0
+
+    async def next(self, content: aiohttp.StreamReader) -> bytes:
+        """The next piece of the body (``b""`` at its end), or :class:`_Stalled`."""
+        while True:
+            wait = min(self.window_start + self.window_s, self.deadline) - self.clock()
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self._check(0)
+                continue
+            if chunk:
+                self._check(len(chunk))
+            return chunk
+
+    def _check(self, received: int) -> None:
+        now = self.clock()
+        if now >= self.deadline:
+            raise _Stalled(f"not over within {self.limit_s:.0f} s")
+        self.window_bytes += received
+        elapsed = now - self.window_start
+        if elapsed >= self.window_s:
+            if self.window_bytes < self.floor_bps * elapsed:
+                raise _Stalled(
+                    f"{self.window_bytes:,} bytes in {elapsed:.1f} s, under the floor of "
+                    f"{self.floor_bps:,.0f} bytes a second"
+                )
+            self.window_start, self.window_bytes = now, 0
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme, (url.host or "").lower(), url.port)
 
 
 def _reason(exc: BaseException) -> str:
@@ -348,18 +499,49 @@ def _failed(data: Mapping[str, Any]) -> Decision:
 
 
 def _protocol(message: str) -> AnswerError:
-    return AnswerError(Decision("retry", "no", message))
+    return AnswerError(Decision("retry", "no", message, cause="unreadable"))
 
 
-async def _json_of(response: aiohttp.ClientResponse, phase: str, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    raw = await response.content.read(limit + 1)
-    if len(raw) > limit:
+def _unreadable_history(exc: HistoryShapeError) -> AnswerError:
+    return _protocol(f"the request history answered in a shape batchgen cannot read: {exc}")
+
+
+async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, however many pieces it arrives in; ``None`` when it is larger than ``limit``."""
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_any():
+        size += len(piece)
+        if size > limit:
+            return None
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body: all of it when it is smaller (an error's message, a sample)."""
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_any():
+        pieces.append(piece[: limit - size])
+        size += len(piece)
+        if size >= limit:
+            break
+    return b"".join(pieces)
+
+
+async def _json_of(
+    response: aiohttp.ClientResponse, phase: str, limit: int = MAX_JSON_BYTES, *, whole: bool = False
+) -> Any:
+    """The answer's JSON, read to its end: an object (or, with ``whole``, any JSON value)."""
+    raw = await _read_body(response, limit)
+    if raw is None:
         raise _protocol(f"the {phase} answer is larger than {limit:,} bytes")
     try:
         data = json.loads(raw)
     except ValueError:
         raise _protocol(f"the {phase} answer is not JSON: {provider_message(response.status, raw, 120)}") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) and not whole:
         raise _protocol(f"the {phase} answer is not a JSON object: {_show(data)}")
     return data
 
@@ -372,18 +554,6 @@ def _video_url(data: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and value.startswith(("http://", "https://")):
             return value
     return None
-
-
-def _url_or(value: Any, default: str) -> str:
-    return value if isinstance(value, str) and value.startswith(("http://", "https://")) else default
-
-
-def _cost(value: Any) -> int | None:
-    try:
-        cost = float(value)
-    except (TypeError, ValueError):
-        return None
-    return round(cost * 1_000_000) if 0 <= cost < 10_000 else None
 
 
 def _str(value: Any) -> str | None:

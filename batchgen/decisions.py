@@ -40,6 +40,9 @@ class Decision:
     message: str
     status: int | None = None
     pause_until: float | None = None  # epoch seconds, for pause_submits
+    # answer: the provider answered; unreadable: it answered something batchgen cannot read (or a host that was
+    # not given the key did); silence: sent, no answer; unreachable: not sent (no connection to the host)
+    cause: str = "answer"
 
     def with_message(self, message: str) -> Decision:
         """The same decision with another message."""
@@ -50,8 +53,10 @@ def classify(phase: str, status: int | None, headers: Mapping[str, str], body: b
     """The decision for one answer (or silence) of the provider in ``phase``, at time ``now``."""
     message = provider_message(status, body)
     if status is None:
-        billed = "unknown" if phase == "submit" and body != "unsent" else "no"
-        return Decision("retry", billed, message or "no answer from the provider")
+        unsent = body == "unsent"
+        billed = "unknown" if phase == "submit" and not unsent else "no"
+        cause = "unreachable" if unsent else "silence"
+        return Decision("retry", billed, message or "no answer from the provider", cause=cause)
     if 200 <= status < 300:
         return Decision("ok", "yes", "", status)
     action = _ACTIONS.get(status) or ("retry" if status >= 500 else "fail_job")

@@ -47,9 +47,11 @@ def status_data(store: Store) -> dict[str, Any]:
         ],
         "skipped": [{"job": job.id, "reason": job.reason} for job in store.jobs(["skipped"])],
         "in_flight": [
-            {"job": job.id, "state": job.state, "request_id": job.request_id} for job in store.jobs(IN_FLIGHT)
+            {"job": job.id, "state": job.state, "request_id": job.request_id, "last_problem": job.reason}
+            for job in store.jobs(IN_FLIGHT)
         ],
         "possibly_billed_twice": twice,
+        "history_trouble": store.get_meta("history_trouble"),
         "not_in_manifest": [{"job": job_id, "state": state} for job_id, state in gone],
     }
 
@@ -71,7 +73,12 @@ def status_text(data: dict[str, Any]) -> str:
         left, budget = _dollars(money["left_usd"]), _dollars(money["budget_usd"])
         lines.append(f"money: {spent} spent{maybe}{reserved}, {left} left of {budget}")
     for row in data["in_flight"]:
-        lines.append(f"  in flight  {row['job']}  {row['state']}  request {row['request_id'] or '-'}")
+        problem = f"  (last problem: {row['last_problem']})" if row["last_problem"] else ""
+        lines.append(f"  in flight  {row['job']}  {row['state']}  request {row['request_id'] or '-'}{problem}")
+    trouble = data["history_trouble"]
+    if trouble:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(trouble["at"]))
+        lines.append(f"  warning: at {at}, {trouble['message']}")
     for row in data["failures"]:
         request = f" (request {row['request_id']})" if row["request_id"] else ""
         lines.append(f"  {row['state']:<9}  {row['job']}: {row['reason']}{request}")

@@ -32,9 +32,10 @@ from typing import Any, TypeVar
 
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
-from batchgen.client import AnswerError, Client, Completed, HistoryRow
+from batchgen.client import AnswerError, Client, Completed
 from batchgen.decisions import Decision
 from batchgen.errors import BatchgenError, ExitCode, ProtocolError
+from batchgen.history import HistoryRow
 from batchgen.models import Model
 from batchgen.outputs import (
     PartFile,
@@ -55,6 +56,7 @@ T = TypeVar("T")
 RATE_WINDOW_S = 60.0
 HISTORY_SKEW_S = 2.0  # the provider's clock may differ from ours by this much
 HISTORY_RETRY_S = 300.0  # after the request history failed to answer, how long before it is asked again
+CREDITS_RETRY_S = 1.0  # between two tries of the first call, the balance, when the host could not be reached
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class RunSettings:
     deadline: float | None = None  # epoch seconds
     history_lag_s: float = 120.0  # how long a request may take to show in the provider's request history
     check_credits: bool = True
+    unreachable_s: float = 120.0  # the API's host not reached for this long (connections failing): the run stops
+    unreachable_pause_s: float = 5.0  # submits wait this long after a connection to the API's host failed
+    credits_tries: int = 3  # the balance asked this often (a second apart) before an unreachable host stops the run
+    max_unreadable_polls: int = 6  # a request's status unreadable this often in a row: asked elsewhere, or given up
     seed: int | None = None
 
 
@@ -225,6 +231,9 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self._log = RunLog(run_dir.run_log)
+        self._started_at = clock()
+        self._poll_failures: dict[str, int] = {}  # unreadable status answers in a row, per watched job
+        self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
 
     # --- the whole run ------------------------------------------------------------------------------------
 
@@ -341,17 +350,27 @@ class Runner:
                 self._write_job_log(job.id)
 
     async def _check_credits(self) -> None:
+        """The balance against the estimate of what is left; the first word with the provider, so a host that cannot
+        be reached at all (a typo in the base URL, no network) stops the run here, in seconds."""
         todo = sum(job.estimate_micros for job in self.store.jobs(["pending"]) if job.in_manifest)
         if todo == 0:
             return
-        try:
-            balance = await self.client.credits()
-        except AnswerError as exc:
-            if exc.decision.action == "stop_run":
-                self._stop("provider", f"the provider refused the key: {exc.decision.message}")
-            else:
-                self._event("warning", None, f"! could not read the account balance: {exc.decision.message}")
-            return
+        for tries_left in range(self.settings.credits_tries - 1, -1, -1):
+            try:
+                balance = await self.client.credits()
+                break
+            except AnswerError as exc:
+                if exc.decision.cause == "unreachable" and tries_left:
+                    await asyncio.sleep(CREDITS_RETRY_S)
+                    continue
+                if exc.decision.cause == "unreachable":
+                    tries = self.settings.credits_tries
+                    self._stop("provider", self._unreachable_message(exc.decision, f"{tries} tries"))
+                elif exc.decision.action == "stop_run":
+                    self._stop("provider", f"the provider refused the key: {exc.decision.message}")
+                else:
+                    self._event("warning", None, f"! could not read the account balance: {exc.decision.message}")
+                return
         if balance * 1_000_000 < todo:
             self._event(
                 "warning",
@@ -405,13 +424,9 @@ class Runner:
         except AnswerError as exc:
             # Not asked again for a while: each ambiguous job would otherwise wait for the same timeout.
             self._history_down_until = self.clock() + HISTORY_RETRY_S
-            self._event(
-                "warning",
-                job.id,
-                f"! the request history could not be read ({exc.decision.message}): "
-                "submitting again, possibly billed twice",
-            )
+            self._history_failed(job.id, exc.decision, "submitting again, possibly billed twice")
             return True
+        self._history_answered()
         owned = self.store.owned_request_ids()
         body = canonical_json(job.payload)
         # The attempt's request, if the provider got it, was created between its intent and its end.
@@ -449,9 +464,7 @@ class Runner:
         if row.status != "COMPLETED" and self.settings.transport == "v1":
             self.store.defer(job.id, now + self.settings.poll_interval_s, now)  # v1 has no status to poll
             return False
-        base = self.client.base_url
-        urls = (f"{base}/v2/requests/{row.request_id}/status", f"{base}/v2/requests/{row.request_id}")
-        self.store.adopt(job.id, attempt.id, row.request_id, urls, now)
+        self.store.adopt(job.id, attempt.id, row.request_id, now)
         self._event("submitted", job.id, f"→ found request {row.request_id} in the provider's history: adopted")
         if row.status == "COMPLETED" and row.generation_url:
             self.store.mark_completed(job.id, row.cost_micros, row.generation_url, now)
@@ -472,14 +485,32 @@ class Runner:
             return False
         try:
             row = await self.client.history_get(request_id)
-        except AnswerError:
+        except AnswerError as exc:
+            self._history_failed(job_id, exc.decision, f"request {request_id} stays lost for now")
             return False
+        self._history_answered()
         if row is None or row.status != "COMPLETED" or not row.generation_url:
             return False
         self.store.recovered(job_id, row.generation_url, row.cost_micros, self.clock())
         self._event("info", job_id, f"↻ request {request_id} found in the provider's history: downloading it")
         self._queue_download(job_id, 0)
         return True
+
+    def _history_failed(self, job_id: str, decision: Decision, consequence: str) -> None:
+        """The request history could not be read: said in run.log, on stderr, and in ``status`` (the state's meta)."""
+        trouble = (
+            decision.message
+            if decision.cause == "unreadable"
+            else f"the request history could not be read: {decision.message}"
+        )
+        self._history_trouble = True
+        self.store.set_meta(history_trouble={"at": self.clock(), "message": trouble})
+        self._event("warning", job_id, f"! {trouble}: {consequence}")
+
+    def _history_answered(self) -> None:
+        if self._history_trouble:
+            self._history_trouble = False
+            self.store.set_meta(history_trouble=None)
 
     async def _submit_one(self, job: JobRow) -> None:
         await self.slots.acquire()
@@ -531,16 +562,16 @@ class Runner:
 
     async def _post_v2(self, job: JobRow) -> None:
         try:
-            submitted = await self.client.submit(job.payload)
+            request_id = await self.client.submit(job.payload)
         except AnswerError as exc:
             self.posting.discard(job.id)
             await self._attempt_failed(job, exc.decision)
             return
         now = self.clock()
-        self.store.mark_submitted(job.id, submitted.request_id, submitted.status_url, submitted.response_url, now)
+        self.store.mark_submitted(job.id, request_id, now)
         self.posting.discard(job.id)
         self._watch(self.store.job(job.id), self.polls.next_at(now, now, len(self.watching) + 1))
-        self._event("submitted", job.id, f"→ submitted: request {submitted.request_id}")
+        self._event("submitted", job.id, f"→ submitted: request {request_id}")
         self._notify()
 
     async def _post_v1(self, job: JobRow) -> None:
@@ -604,9 +635,13 @@ class Runner:
         now = self.clock()
         money = "ambiguous" if decision.billed == "unknown" else "released"
         current = self.store.job(job.id)
-        refund = decision.action in ("pause_submits", "stop_submits", "stop_run")
+        unreachable = decision.cause == "unreachable"  # nothing was sent: no attempt of the job's, the host's outage
+        refund = decision.action in ("pause_submits", "stop_submits", "stop_run") or unreachable
         if decision.action == "pause_submits":
             self.rate.pause(decision.pause_until or now)
+        if unreachable:
+            self.rate.pause(now + self.settings.unreachable_pause_s)
+            self._unreachable(decision)
         if decision.action in ("stop_submits", "stop_run"):
             kind = "credits" if decision.action == "stop_submits" else "provider"
             self._stop(kind, f"stopped by the provider: {decision.message}")
@@ -663,11 +698,26 @@ class Runner:
                 now=now,
             )
             glyph = "?" if money == "ambiguous" else "↻"
-            self._event("retry", job.id, f"{glyph} retry in {not_before - now:.1f}s: {decision.message}")
+            again = max(not_before, self.rate.paused_until) - now
+            self._event("retry", job.id, f"{glyph} retry in {again:.1f}s: {decision.message}")
         if slot_held:
             await self.slots.release()
         self._write_job_log(job.id)
         self._notify()
+
+    def _unreachable(self, decision: Decision) -> None:
+        """A connection to the API's host failed. When it has not answered anything for ``unreachable_s`` (since the
+        run began, if it never did), the run stops, once, naming the host: not N attempts per job."""
+        now = self.clock()
+        since = self.client.reached_at if self.client.reached_at is not None else self._started_at
+        if now - since >= self.settings.unreachable_s:
+            self._stop("provider", self._unreachable_message(decision, f"for {now - since:.0f} s"))
+
+    def _unreachable_message(self, decision: Decision, how_long: str) -> str:
+        return (
+            f"cannot reach the provider at {self.client.host} ({how_long}; last: {decision.message}): check the base "
+            "URL and the network, then run again to resume"
+        )
 
     # --- polling (v2) -------------------------------------------------------------------------------------
 
@@ -696,12 +746,13 @@ class Runner:
                     completed = await self._poll_history(job)
                 else:
                     completed = None
-                    if await self.client.status(job.status_url or "") == "COMPLETED":
+                    if await self.client.status(job.request_id or "") == "COMPLETED":
                         await self._generation_over(job)
-                        completed = await self.client.result(job.response_url or "")
+                        completed = await self.client.result(job.request_id or "")
             except AnswerError as exc:
                 await self._poll_failed(job, exc.decision)
                 return
+        self._poll_failures.pop(job.id, None)
         if completed is None:
             return
         self.past_ttl.discard(job.id)
@@ -739,10 +790,37 @@ class Runner:
             self.past_ttl.add(job.id)
             self._event("info", job.id, f"↻ request {job.request_id} past its TTL: following it in the history")
         elif decision.action in ("lost", "fail_job") or decision.status == 422:
-            self.watching.pop(job.id, None)
-            slot_held = job.id not in self.generated
-            self.generated.discard(job.id)
-            await self._attempt_failed(job, decision, slot_held=slot_held)
+            await self._stop_watching(job, decision)
+        elif decision.cause == "unreachable":
+            self._unreachable(decision)  # the host's outage, not this request's: the run stops if it lasts
+        else:
+            await self._poll_trouble(job, decision)
+
+    async def _stop_watching(self, job: JobRow, decision: Decision) -> None:
+        """A watched job's attempt ends as ``decision`` says."""
+        self.watching.pop(job.id, None)
+        slot_held = job.id not in self.generated
+        self.generated.discard(job.id)
+        await self._attempt_failed(job, decision, slot_held=slot_held)
+
+    async def _poll_trouble(self, job: JobRow, decision: Decision) -> None:
+        """A poll answered something unusable (junk, 5xx, silence, a host without the key). Asked again at the next
+        poll; after ``max_unreadable_polls`` in a row, the request is followed in the request history instead, and
+        when that cannot tell either, the attempt ends ``lost``, the answer quoted (only ``retry --lost`` pays again).
+        """
+        failures = self._poll_failures.get(job.id, 0) + 1
+        self._poll_failures[job.id] = failures
+        if failures < self.settings.max_unreadable_polls:
+            return
+        del self._poll_failures[job.id]
+        where = "request history" if job.id in self.past_ttl else "status endpoint"
+        trouble = f"the {where} could not be read {failures} times in a row (last: {decision.message})"
+        if self.client.history_url and job.id not in self.past_ttl:
+            self.past_ttl.add(job.id)
+            self._event("warning", job.id, f"! request {job.request_id}: {trouble}: following it in the history")
+            return
+        lost = Decision("lost", "unknown", f"gave up on request {job.request_id}: {trouble}", decision.status)
+        await self._stop_watching(job, lost)
 
     async def _poll_history(self, job: JobRow) -> Completed | None:
         """A request past the status endpoints' TTL, followed by its row in the request history."""
@@ -774,9 +852,12 @@ class Runner:
 
     async def _download(self, job_id: str) -> None:
         job = self.store.job(job_id)
+        url = job.video_url or ""
+        if job.download_failures:
+            url = await self._fresh_video_url(job) or url
         part = PartFile(self.run_dir.video(job_id))
         try:
-            await self.client.download(job.video_url or "", part)
+            await self.client.download(url, part)
         except AnswerError as exc:
             part.discard()
             self._download_failed(job, exc.decision.message, permanent=exc.decision.action == "fail_job")
@@ -788,6 +869,23 @@ class Runner:
             await self._finish_video(job_id, part)
         except ProtocolError as exc:
             self._download_failed(job, str(exc), permanent=False)
+
+    async def _fresh_video_url(self, job: JobRow) -> str | None:
+        """Where the provider says a paid clip is now, asked again after a failed download: a video URL can expire
+        (signed URLs), or name a process that is gone (a simulator of an earlier run). ``None`` when it cannot say."""
+        if not job.request_id:
+            return None
+        url = None
+        with contextlib.suppress(AnswerError):
+            completed = await self.client.result(job.request_id)
+            url = completed.video_url if completed else None
+        if url is None and self.client.history_url:
+            with contextlib.suppress(AnswerError):
+                row = await self.client.history_get(job.request_id)
+                url = row.generation_url if row else None
+        if url is not None and url != job.video_url:
+            self.store.set_video_url(job.id, url, self.clock())
+        return url
 
     async def _finish_video(self, job_id: str, part: PartFile) -> None:
         """Hand a received video to the placer; return once it is checked, placed and its job done (invariant 3).

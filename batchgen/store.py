@@ -66,8 +66,6 @@ class JobRow:
     download_failures: int
     not_before: float
     request_id: str | None
-    status_url: str | None
-    response_url: str | None
     video_url: str | None
     reason: str | None
     possibly_billed_twice: bool
@@ -173,6 +171,13 @@ def m001_initial(db: sqlite3.Connection) -> None:
         CREATE INDEX attempts_by_job ON attempts (job_id, id);
         """,
     )
+
+
+@migration
+def m002_no_urls_of_old_processes(db: sqlite3.Connection) -> None:
+    """Poll and result URLs are derived from today's base URL and the request id (invariant 6): a state no longer
+    keeps those an answer named, which pointed at the host, port and process that answered it."""
+    _script(db, "ALTER TABLE jobs DROP COLUMN status_url; ALTER TABLE jobs DROP COLUMN response_url")
 
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -398,31 +403,26 @@ class Store:
             )
         return attempt_id
 
-    def mark_submitted(
-        self, job_id: str, request_id: str, status_url: str | None, response_url: str | None, now: float
-    ) -> None:
+    def mark_submitted(self, job_id: str, request_id: str, now: float) -> None:
         """The provider answered with a request id: it is stored at once, and the job is never POSTed again."""
         with self.transaction():
-            self._submitted(job_id, request_id, status_url, response_url, now)
+            self._submitted(job_id, request_id, now)
 
-    def _submitted(
-        self, job_id: str, request_id: str, status_url: str | None, response_url: str | None, now: float
-    ) -> None:
+    def _submitted(self, job_id: str, request_id: str, now: float) -> None:
         db = self.db
         db.execute(
             "UPDATE attempts SET request_id = ? WHERE id = (SELECT open_attempt FROM jobs WHERE id = ?)",
             (request_id, job_id),
         )
         db.execute(
-            "UPDATE jobs SET state = 'submitted', request_id = ?, status_url = ?, response_url = ?, "
-            "submitted_at = ?, updated_at = ? WHERE id = ?",
-            (request_id, status_url, response_url, now, now, job_id),
+            "UPDATE jobs SET state = 'submitted', request_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?",
+            (request_id, now, now, job_id),
         )
 
     def mark_billed_v1(self, job_id: str, request_id: str, cost_micros: int | None, now: float) -> None:
         """A v1 answer arrived with 200: the request id stored and the money settled, in one transaction."""
         with self.transaction():
-            self._submitted(job_id, request_id, None, None, now)
+            self._submitted(job_id, request_id, now)
             self._completed(job_id, cost_micros, None, now)
 
     def mark_completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
@@ -483,9 +483,7 @@ class Store:
                 ),
             )
             if again:
-                db.execute(
-                    "UPDATE jobs SET request_id = NULL, status_url = NULL, response_url = NULL WHERE id = ?", (job_id,)
-                )
+                db.execute("UPDATE jobs SET request_id = NULL WHERE id = ?", (job_id,))
 
     def set_video_url(self, job_id: str, video_url: str, now: float) -> None:
         """Where the paid video of a v1 answer can be downloaded."""
@@ -510,7 +508,7 @@ class Store:
         ).fetchone()
         return AttemptRow(**dict(row)) if row else None
 
-    def adopt(self, job_id: str, attempt_id: int, request_id: str, urls: tuple[str, str], now: float) -> None:
+    def adopt(self, job_id: str, attempt_id: int, request_id: str, now: float) -> None:
         """The request history shows the ambiguous attempt's request: the job carries on with it, no new POST.
 
         The attempt's money goes back from possibly billed to reserved, to be settled when it completes.
@@ -527,10 +525,10 @@ class Store:
                 (request_id, attempt_id),
             )
             db.execute(
-                "UPDATE jobs SET state = 'submitted', request_id = ?, status_url = ?, response_url = ?, "
+                "UPDATE jobs SET state = 'submitted', request_id = ?, "
                 "open_attempt = ?, submitted_at = ?, not_before = 0, updated_at = ?, possibly_billed_twice = EXISTS "
                 "(SELECT 1 FROM attempts WHERE job_id = ? AND id != ? AND money = 'ambiguous') WHERE id = ?",
-                (request_id, *urls, attempt_id, now, now, job_id, attempt_id, job_id),
+                (request_id, attempt_id, now, now, job_id, attempt_id, job_id),
             )
 
     def close_ambiguous(

@@ -21,6 +21,7 @@ from tests.conftest import batch_manifest
 from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, start_cli
 
 FAULT_SHARE = 0.25  # of the requests of every route, shared by the kinds of fault the route can suffer
+TRICKLE_BYTES, TRICKLE_GAP_S = 700, 0.002  # a link that delivers every answer in small pieces, as networks do
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ChaosReport:
     transport: str
     jobs: int
     signal_name: str
+    link: str = "loopback"
     stops: int = 0
     runs: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -46,7 +48,8 @@ class ChaosReport:
         """The report in one line, for the README and the bench results."""
         faults = sum(self.faults.values())
         return (
-            f"{self.transport}, {self.jobs} jobs, {self.stops} × {self.signal_name} over {self.runs} runs, "
+            f"{self.transport} over {self.link}, {self.jobs} jobs, {self.stops} × {self.signal_name} over "
+            f"{self.runs} runs, "
             f"{faults} faults in {self.requests} requests ({faults / max(1, self.requests):.0%}: "
             f"{', '.join(f'{k} {v}' for k, v in sorted(self.faults.items()))}); "
             f"{self.charges} charges for {self.jobs} jobs, spent ${self.spent_micros / 1e6:.3f} of "
@@ -70,8 +73,10 @@ async def chaos_run(
     sig: signal.Signals = signal.SIGKILL,
     seed: int = 1,
     latency_s: float = 0.4,
+    trickle: bool = False,
 ) -> ChaosReport:
-    """Run the chaos scenario; raise AssertionError at the first broken promise."""
+    """Run the chaos scenario (``trickle``: every answer in pieces of 700 bytes, 2 ms apart); raise
+    AssertionError at the first broken promise."""
     graceful = sig != signal.SIGKILL
     settings = SimSettings(
         latency_s=latency_s,
@@ -82,11 +87,14 @@ async def chaos_run(
         rpm=100_000,
         seed=seed,
         v1_mode="bytes",
+        trickle_bytes=TRICKLE_BYTES if trickle else 0,
+        trickle_gap_s=TRICKLE_GAP_S if trickle else 0.0,
     )
     sim = Simulator(settings, chaos_faults(seed, graceful=graceful))
     await sim.start()
     try:
         report = await _drive(sim, tmp_path, transport, jobs, stops, sig, seed)
+        report.link = f"a link trickling {TRICKLE_BYTES} B every {TRICKLE_GAP_S * 1000:g} ms" if trickle else "loopback"
     finally:
         await sim.close()
     return report

@@ -17,7 +17,7 @@ import av
 from aiohttp import web
 
 from batchgen import expand, load_manifest
-from batchgen.client import Client
+from batchgen.client import Client, Timeouts
 from batchgen.launch import open_run
 from batchgen.models import Model
 from batchgen.pricing import micros
@@ -39,10 +39,13 @@ async def run_in_process(
     history: bool = True,
     history_url: str | None = None,
     model: Model | None = None,
+    timeouts: Timeouts | None = None,
+    base_url: str | None = None,
     **settings: object,
 ) -> RunResult:
     """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given (and
-    ``model`` instead of the manifest's, say with another typical generation time)."""
+    ``model`` instead of the manifest's, say with another typical generation time; ``base_url`` instead of the
+    simulator's, say a port where nothing listens)."""
     manifest = load_manifest(manifest_path)
     jobs = expand(manifest)
     history_url = history_url or (sim.base_url if history else None)
@@ -58,7 +61,8 @@ async def run_in_process(
     options.update(settings)
     run_settings = RunSettings(**options)  # type: ignore[arg-type]
     with open_run(out, manifest, jobs, run_settings.budget_micros) as (run_dir, store):
-        async with Client(sim.base_url, key, manifest.model.slug, history_url=history_url) as client:
+        client = Client(base_url or sim.base_url, key, manifest.model.slug, history_url=history_url, timeouts=timeouts)
+        async with client:
             model = model or manifest.model
             runner = Runner(store, run_dir, client, model, run_settings, on_event=(events or []).append)
             return await runner.run()

@@ -11,9 +11,12 @@ from tests.chaos import chaos_run
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("trickle", [False, True], ids=["loopback", "trickle"])
 @pytest.mark.parametrize("transport", ["v2", "v1"])
-async def test_sigkill_ten_times_under_faults(tmp_path: Path, transport: str) -> None:
-    report = await chaos_run(tmp_path, transport=transport, jobs=60, stops=10, sig=signal.SIGKILL, seed=7)
+async def test_sigkill_ten_times_under_faults(tmp_path: Path, transport: str, trickle: bool) -> None:
+    report = await chaos_run(
+        tmp_path, transport=transport, jobs=60, stops=10, sig=signal.SIGKILL, seed=7, trickle=trickle
+    )
     print(report.line())
     assert report.stops >= 10
     assert sum(report.faults.values()) >= 30

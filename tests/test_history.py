@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import aiohttp
 import pytest
 from aiohttp import web
@@ -18,6 +16,8 @@ from tests.runs import assert_all_done, cli_env, read_state, run_cli_async, run_
 MODEL = "kling-3-standard-text2video"
 KEY = {"x-api-key": DEFAULT_KEY}
 HISTORY = "/inference-request/request-history"
+# Every answer whole at once, and every answer in pieces of 256 bytes 1 ms apart (a page of rows is kilobytes).
+LINKS = {"loopback": {}, "trickle": {"trickle_bytes": 256, "trickle_gap_s": 0.001}}
 
 
 class Clock:
@@ -75,10 +75,13 @@ async def test_history_rows_paging_window_and_lag(make_sim) -> None:
             assert r.status == 404
 
 
+@pytest.mark.parametrize("link", LINKS)
 @pytest.mark.parametrize("transport", ["v2", "v1"])
-async def test_every_dropped_submit_is_adopted_not_paid_twice(make_sim, write_manifest, tmp_path, transport) -> None:
+async def test_every_dropped_submit_is_adopted_not_paid_twice(
+    make_sim, write_manifest, tmp_path, transport, link
+) -> None:
     faults = FaultPlan(script=parse_script(",".join(f"submit:{n}=drop" for n in range(1, 6))))
-    sim = await make_sim(SimSettings(latency_s=0.05), faults)
+    sim = await make_sim(SimSettings(latency_s=0.05, **LINKS[link]), faults)
     path, out = write_manifest(batch_manifest(8, extra="concurrency: 4\n")), tmp_path / "out"
     result = await run_in_process(path, out, sim, transport=transport)
     assert result.exit_code == ExitCode.OK
@@ -91,8 +94,9 @@ async def test_every_dropped_submit_is_adopted_not_paid_twice(make_sim, write_ma
     assert (out / "run.log").read_text().count("in the provider's history: adopted") == 5
 
 
-async def test_a_request_past_its_ttl_is_recovered_with_no_new_charge(make_sim, write_manifest, tmp_path) -> None:
-    sim = await make_sim(SimSettings(latency_s=0.3, ttl_s=0.05))
+@pytest.mark.parametrize("link", LINKS)
+async def test_a_request_past_its_ttl_is_recovered_with_no_new_charge(make_sim, write_manifest, tmp_path, link) -> None:
+    sim = await make_sim(SimSettings(latency_s=0.3, ttl_s=0.05, **LINKS[link]))
     path, out = write_manifest(batch_manifest(3)), tmp_path / "out"
     result = await run_in_process(path, out, sim, poll_interval_s=0.1)
     assert result.exit_code == ExitCode.OK
@@ -139,8 +143,9 @@ async def test_reconcile_agrees_after_a_clean_run_and_names_a_difference(make_si
     assert data["provider_billed_usd"] == pytest.approx(4 * 0.504)
 
 
-async def test_lost_v1_answer_after_a_kill_is_fetched_from_history(make_sim, write_manifest, tmp_path: Path) -> None:
-    sim = await make_sim()
+@pytest.mark.parametrize("link", LINKS)
+async def test_lost_v1_answer_after_a_kill_is_fetched_from_history(make_sim, write_manifest, tmp_path, link) -> None:
+    sim = await make_sim(SimSettings(**LINKS[link]))
     path, out = write_manifest(batch_manifest(2)), tmp_path / "out"
     await run_in_process(path, out, sim, transport="v1")
     store = read_state(out)
@@ -181,4 +186,34 @@ async def test_an_unreachable_history_is_asked_once_not_once_per_ambiguous_job(
     assert log.count("could not be read") == 1 and log.count("the request history is unreachable") == 2
     store = read_state(out)
     assert all(job.possibly_billed_twice for job in store.jobs())  # said, not hidden
+    store.close()
+
+
+@pytest.mark.parametrize("shape", ["items", "results", "epoch"])
+async def test_the_likely_shapes_of_the_history_find_every_lost_submit(
+    make_sim, write_manifest, tmp_path, shape
+) -> None:
+    faults = FaultPlan(script=parse_script("submit:1=drop,submit:3=drop"))
+    sim = await make_sim(SimSettings(latency_s=0.05, history_shape=shape), faults)
+    path, out = write_manifest(batch_manifest(4, extra="concurrency: 2\n")), tmp_path / "out"
+    result = await run_in_process(path, out, sim)
+    assert result.exit_code == ExitCode.OK
+    assert sim.account().paid_twice() == {} and len(sim.account().charges) == 4
+    assert (out / "run.log").read_text().count("in the provider's history: adopted") == 2
+
+
+async def test_a_history_in_a_shape_it_cannot_read_is_said_out_loud(make_sim, write_manifest, tmp_path) -> None:
+    """Rows where it does not look, without timestamps: said in run.log and by status, and the fallback is that of a
+    history that does not answer (submitted again, flagged possibly billed twice), never "not there"."""
+    faults = FaultPlan(script=parse_script("submit:1=drop"))
+    sim = await make_sim(SimSettings(latency_s=0.05, history_shape="unknown"), faults)
+    path, out = write_manifest(batch_manifest(2)), tmp_path / "out"
+    result = await run_in_process(path, out, sim)
+    assert result.exit_code == ExitCode.OK
+    said = "the request history answered in a shape batchgen cannot read: no list of rows under data/items/results"
+    assert said in (out / "run.log").read_text()
+    status = await run_cli_async("status", "--out", str(out), env=cli_env(None))
+    assert said in status.stdout
+    store = read_state(out)
+    assert [job.possibly_billed_twice for job in store.jobs()] == [True, False]
     store.close()

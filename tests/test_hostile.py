@@ -169,7 +169,7 @@ async def test_endless_redirects(hostile, tmp_path, write_manifest) -> None:
     server = await hostile(video=loop)
     await _run(server, tmp_path, write_manifest)
     job, _ = _job(tmp_path)
-    assert job.state == "failed" and "too many redirects" in (job.reason or "")
+    assert job.state == "failed" and "more than 5 redirects" in (job.reason or "")
     assert job.download_failures == 1  # permanent: not retried
 
 

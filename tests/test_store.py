@@ -32,7 +32,10 @@ def _sums(store: Store) -> tuple[int, int, int]:
 
 def test_schema_is_migrated_and_recorded(store: Store) -> None:
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert [row[0] for row in store.db.execute("SELECT name FROM migrations")] == ["m001_initial"]
+    assert [row[0] for row in store.db.execute("SELECT name FROM migrations")] == [
+        "m001_initial",
+        "m002_no_urls_of_old_processes",
+    ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert (store.path.stat().st_mode & 0o777) == 0o600
 
@@ -61,7 +64,7 @@ def test_money_totals_are_always_the_sum_of_the_attempts(store: Store) -> None:
     for job_id in (a, b, c):
         assert store.begin_attempt(job_id, "v2", 504_000, allow, now=2.0)
     assert store.money().reserved_micros == 3 * 504_000
-    store.mark_submitted(a, "req-a", "s", "r", now=3.0)
+    store.mark_submitted(a, "req-a", now=3.0)
     store.mark_completed(a, 420_000, "http://x/a.mp4", now=4.0)
     store.end_attempt(b, money="released", outcome="retry", next_state="pending", now=5.0)
     store.end_attempt(c, money="ambiguous", outcome="retry", next_state="pending", now=5.0)
@@ -90,7 +93,7 @@ def test_requeue_never_pays_again_for_a_paid_clip(store: Store) -> None:
     paid, lost = (job.id for job in store.jobs()[:2])
     for job_id in (paid, lost):
         store.begin_attempt(job_id, "v2", 504_000, lambda money: True, now=2.0)
-        store.mark_submitted(job_id, f"req-{job_id}", "s", "r", now=3.0)
+        store.mark_submitted(job_id, f"req-{job_id}", now=3.0)
     store.mark_completed(paid, None, "http://x/v.mp4", now=4.0)
     store.download_failed(paid, "broken", 0, True, now=5.0)
     store.end_attempt(lost, money="ambiguous", outcome="lost", next_state="lost", now=5.0)
