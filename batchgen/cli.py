@@ -274,6 +274,12 @@ def _add_simulate(commands: Any) -> None:
     command.add_argument(
         "--stall-s", type=float, metavar="S", help="seconds between the bytes of a stall_download fault (default 1)"
     )
+    command.add_argument(
+        "--price-factor",
+        type=float,
+        metavar="X",
+        help="charge X times the model's price table, as a provider that changed its prices (default 1)",
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -287,6 +293,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "quote_key": args.quote_key,
         "history_shape": args.history_shape,
         "stall_gap_s": args.stall_s,
+        "price_factor": args.price_factor,
     }
     if args.trickle is not None:
         hostile["trickle_bytes"], hostile["trickle_gap_s"] = parse_trickle(args.trickle)

@@ -26,7 +26,7 @@ from batchgen.errors import UsageError
 from batchgen.jobs import Job, expand
 from batchgen.manifest import Manifest, load_manifest, manifest_from_data
 from batchgen.outputs import RunDir, RunLock
-from batchgen.pricing import estimate_micros
+from batchgen.pricing import estimate_micros, price_class
 from batchgen.store import Store
 from batchgen.yamlsource import parse_document, read_source
 
@@ -192,9 +192,11 @@ def open_run(
             now = time.time()
             if jobs is None:
                 store.requeue_skipped(now)
+                store.fill_price_classes(lambda payload: price_class(payload, manifest.model))
             else:
                 estimates = [estimate_micros(job.payload, manifest.model, manifest.price) for job in jobs]
-                store.sync_jobs(jobs, estimates, now)
+                classes = [price_class(job.payload, manifest.model) for job in jobs]
+                store.sync_jobs(jobs, estimates, classes, now)
                 if digest is not None:
                     store.set_meta(manifest_digest=digest, manifest_data=manifest.data)
             store.set_meta(

@@ -52,6 +52,13 @@ def estimate_micros(payload: Mapping[str, Any], model: Model, price: PriceRow | 
     return round(spec.seconds * rate * MICROS_PER_USD)
 
 
+def price_class(payload: Mapping[str, Any], model: Model) -> str:
+    """What the provider's price of a clip depends on (model × seconds × silent/audio/voice): jobs of one class
+    cost the same, so the highest price the provider charged for one is what the next one reserves."""
+    spec = clip_spec(payload, model)
+    return f"{model.slug}:{spec.seconds}s:{spec.tier}"
+
+
 def usd(micros: int) -> float:
     """µUSD → USD."""
     return micros / MICROS_PER_USD

@@ -52,8 +52,26 @@ def status_data(store: Store) -> dict[str, Any]:
         ],
         "possibly_billed_twice": twice,
         "history_trouble": store.get_meta("history_trouble"),
+        "charged_above_estimate": _above_estimate(store),
         "not_in_manifest": [{"job": job_id, "state": state} for job_id, state in gone],
     }
+
+
+def _above_estimate(store: Store) -> dict[str, Any]:
+    above = store.charged_above_estimate()
+    return {
+        "attempts": len(above),
+        "extra_usd": usd(sum(charged - reserved for _, charged, reserved in above)),
+        "jobs": sorted({job_id for job_id, _, _ in above}),
+    }
+
+
+def _above_text(above: dict[str, Any]) -> str:
+    count = above["attempts"]
+    return (
+        f"charged above the estimate: {count} attempt{'s' * (count != 1)}, {_dollars(above['extra_usd'])} more than "
+        "reserved (the provider's price is above the table; later jobs like them reserve what it charged)"
+    )
 
 
 def status_text(data: dict[str, Any]) -> str:
@@ -75,6 +93,9 @@ def status_text(data: dict[str, Any]) -> str:
     for row in data["in_flight"]:
         problem = f"  (last problem: {row['last_problem']})" if row["last_problem"] else ""
         lines.append(f"  in flight  {row['job']}  {row['state']}  request {row['request_id'] or '-'}{problem}")
+    above = data["charged_above_estimate"]
+    if above["attempts"]:
+        lines.append(f"  warning: {_above_text(above)}")
     trouble = data["history_trouble"]
     if trouble:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(trouble["at"]))
@@ -164,6 +185,7 @@ def summary_data(store: Store, rows: list[JobRow], posters: set[str]) -> dict[st
         "total": status["total"],
         "money": status["money"],
         "possibly_billed_twice": status["possibly_billed_twice"],
+        "charged_above_estimate": status["charged_above_estimate"],
         "wall_time_s": last_run.get("wall_s"),
         "last_exit_code": last_run.get("exit_code"),
         "jobs": jobs,
@@ -230,6 +252,9 @@ def gallery_html(summary: dict[str, Any]) -> str:
         for shot, jobs in shots.items()
     )
     title = _e(summary["name"] or "batchgen run")
+    above = summary["charged_above_estimate"]
+    if above["attempts"]:
+        stats += f'</p><p class="warn">{_e(_above_text(above))}'
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
         f'content="width=device-width,initial-scale=1"><title>{title} · batchgen</title><style>{_CSS}</style></head>'

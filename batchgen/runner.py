@@ -232,6 +232,7 @@ class Runner:
         self._failure: BaseException | None = None
         self._log = RunLog(run_dir.run_log)
         self._started_at = clock()
+        self._prices = store.prices_seen()  # per price class, the highest cost the provider told in this state
         self._poll_failures: dict[str, int] = {}  # unreadable status answers in a row, per watched job
         self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
 
@@ -397,11 +398,12 @@ class Runner:
 
     async def _submit_loop(self) -> None:
         while not self.stop.submits_closed:
-            job = self.store.next_pending(self.clock())
+            held = self._held_classes()
+            job = self.store.next_pending(self.clock(), held=held)
             if job is None:
                 if not self._busy() and self.store.earliest_pending() is None:
                     return
-                await self._wait_for_change(self.store.earliest_pending())
+                await self._wait_for_change(self.store.earliest_pending(held=held))
                 continue
             ambiguous = self.store.unresolved_ambiguous(job.id) if self.client.history_url else None
             if ambiguous is None or await self._resolve_ambiguous(job, ambiguous):
@@ -468,6 +470,7 @@ class Runner:
         self._event("submitted", job.id, f"→ found request {row.request_id} in the provider's history: adopted")
         if row.status == "COMPLETED" and row.generation_url:
             self.store.mark_completed(job.id, row.cost_micros, row.generation_url, now)
+            self._note_price(job, row.cost_micros)
             self._settled(job.id)
             self._queue_download(job.id, 0)
         else:
@@ -492,6 +495,7 @@ class Runner:
         if row is None or row.status != "COMPLETED" or not row.generation_url:
             return False
         self.store.recovered(job_id, row.generation_url, row.cost_micros, self.clock())
+        self._note_price(self.store.job(job_id), row.cost_micros)
         self._event("info", job_id, f"↻ request {request_id} found in the provider's history: downloading it")
         self._queue_download(job_id, 0)
         return True
@@ -512,36 +516,60 @@ class Runner:
             self._history_trouble = False
             self.store.set_meta(history_trouble=None)
 
+    def _held_classes(self) -> list[str]:
+        """Price classes whose price the provider has not told in this state and that have a job in flight: their
+        other jobs wait until it tells (the table may be wrong: a manifest's ``pricing:``, a price change), so that
+        no more than one clip of a class is ever bought at a price nobody has seen (invariant 9)."""
+        return sorted(self.store.classes_in_flight() - self._prices.keys())
+
+    def _reservation(self, job: JobRow) -> int:
+        """What a submit reserves: the estimate, or the highest price the provider charged for the class if more."""
+        return max(job.estimate_micros, self._prices.get(job.price_class, 0))
+
+    def _note_price(self, job: JobRow, cost_micros: int | None) -> None:
+        """The provider told what a job cost: the class's price is known, and one above the reservation is said."""
+        if cost_micros is None:
+            return
+        reserved = self._reservation(job)
+        self._prices[job.price_class] = max(cost_micros, self._prices.get(job.price_class, 0))
+        if cost_micros > reserved:
+            self._event(
+                "warning",
+                job.id,
+                f"! charged {format_usd(cost_micros)}, above the {format_usd(reserved)} it was estimated at: the "
+                f"provider's price is above the table; jobs like it ({job.price_class}) now reserve "
+                f"{format_usd(cost_micros)}",
+            )
+
     async def _submit_one(self, job: JobRow) -> None:
         await self.slots.acquire()
+        reservation = self._reservation(job)
         try:
             await self.rate.acquire()
             if self.stop.submits_closed or self._past_deadline():
                 await self.slots.release()
                 return
-            attempt = self.budget.reserve(
-                self.store, job.id, self.settings.transport, job.estimate_micros, self.clock()
-            )
+            attempt = self.budget.reserve(self.store, job.id, self.settings.transport, reservation, self.clock())
         except BaseException:
             await self.slots.release()
             raise
         if attempt is None:
             await self.slots.release()
-            await self._over_budget(job)
+            await self._over_budget(job, reservation)
             return
         self._event("submit", job.id, f"→ submit (attempt {job.attempts_used + 1})")
         self.posting.add(job.id)
         post = self._post_v2(job) if self.settings.transport == "v2" else self._post_v1(job)
         self._spawn(post, f"post {job.id}")
 
-    async def _over_budget(self, job: JobRow) -> None:
+    async def _over_budget(self, job: JobRow, reservation: int) -> None:
         money = self.store.money()
-        if money.reserved_micros and self.budget.fits(Money(money.spent_micros, 0), job.estimate_micros):
+        if money.reserved_micros and self.budget.fits(Money(money.spent_micros, 0), reservation):
             # It may fit once an attempt in flight releases its reservation: wait for one to end, then ask again.
             await self._wait_for_change(None)
             return
         left = self.budget.left_micros(money) or 0
-        reason = f"over budget: needs {format_usd(job.estimate_micros)}, {format_usd(max(0, left))} left"
+        reason = f"over budget: needs {format_usd(reservation)}, {format_usd(max(0, left))} left"
         self.store.mark_skipped(job.id, reason, self.clock())
         self.budget_skips += 1
         self._event("skipped", job.id, f"- skipped: {reason}")
@@ -582,6 +610,7 @@ class Runner:
         def on_billed(completed: Completed) -> None:
             now = self.clock()
             self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, now)
+            self._note_price(job, completed.cost_micros)
             self.polls.observe(now - posted_at)  # the answer's head: the generation is over
             billed.append(completed)
 
@@ -761,6 +790,7 @@ class Runner:
         self.generated.discard(job.id)
         now = self.clock()
         self.store.mark_completed(job.id, completed.cost_micros, completed.video_url, now)
+        self._note_price(job, completed.cost_micros)
         self._settled(job.id)
         if completed.video_url is None:
             self.store.download_failed(job.id, "the provider completed the job but named no video URL", 0, True, now)

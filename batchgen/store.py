@@ -78,6 +78,7 @@ class JobRow:
     finished_at: float | None
     open_attempt: int | None
     updated_at: float
+    price_class: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class AttemptRow:
     money: str
     reserved_micros: int
     settled_micros: int
+    provider_cost_micros: int | None  # what the provider said it charged, when it said (settled is that, or the
+    # reservation when it did not)
 
 
 # --- migrations: append only -------------------------------------------------------------------------------
@@ -178,6 +181,17 @@ def m002_no_urls_of_old_processes(db: sqlite3.Connection) -> None:
     """Poll and result URLs are derived from today's base URL and the request id (invariant 6): a state no longer
     keeps those an answer named, which pointed at the host, port and process that answered it."""
     _script(db, "ALTER TABLE jobs DROP COLUMN status_url; ALTER TABLE jobs DROP COLUMN response_url")
+
+
+@migration
+def m003_price_classes(db: sqlite3.Connection) -> None:
+    """Spend follows the bill (invariant 9): each job's price class, and each attempt's cost as the provider told
+    it, so a reservation can be the highest price the provider charged for the class."""
+    _script(
+        db,
+        "ALTER TABLE jobs ADD COLUMN price_class TEXT NOT NULL DEFAULT '';"
+        "ALTER TABLE attempts ADD COLUMN provider_cost_micros INTEGER",
+    )
 
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -267,7 +281,7 @@ class Store:
 
     # --- the job list -------------------------------------------------------------------------------------
 
-    def sync_jobs(self, jobs: Sequence[Job], estimates: Sequence[int], now: float) -> int:
+    def sync_jobs(self, jobs: Sequence[Job], estimates: Sequence[int], classes: Sequence[str], now: float) -> int:
         """Add jobs new to the manifest, mark the rest in or out of it, and put skipped jobs back in line.
 
         Returns how many jobs were added. Jobs no longer in the manifest are kept, never deleted.
@@ -296,30 +310,71 @@ class Store:
             )
             db.execute("UPDATE jobs SET in_manifest = 0")
             db.executemany(
-                "UPDATE jobs SET in_manifest = 1, idx = ?, estimate_micros = ? WHERE id = ?",
-                [(job.index, estimate, job.id) for job, estimate in zip(jobs, estimates, strict=True)],
+                "UPDATE jobs SET in_manifest = 1, idx = ?, estimate_micros = ?, price_class = ? WHERE id = ?",
+                [
+                    (job.index, estimate, price, job.id)
+                    for job, estimate, price in zip(jobs, estimates, classes, strict=True)
+                ],
             )
             _requeue_skipped(db, now)
         return len(new)
+
+    def fill_price_classes(self, price_class: Callable[[dict[str, Any]], str]) -> None:
+        """Give jobs of a state older than price classes theirs (once, after the upgrade)."""
+        rows = self.db.execute("SELECT id, payload FROM jobs WHERE price_class = ''").fetchall()
+        if rows:
+            with self.transaction() as db:
+                db.executemany(
+                    "UPDATE jobs SET price_class = ? WHERE id = ?",
+                    [(price_class(json.loads(row[1])), row[0]) for row in rows],
+                )
+
+    def prices_seen(self) -> dict[str, int]:
+        """Per price class, the highest cost the provider reported for one of its attempts (µUSD)."""
+        rows = self.db.execute(
+            "SELECT j.price_class, MAX(a.provider_cost_micros) FROM attempts a JOIN jobs j ON a.job_id = j.id "
+            "WHERE a.provider_cost_micros IS NOT NULL GROUP BY j.price_class"
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+    def charged_above_estimate(self) -> list[tuple[str, int, int]]:
+        """(job id, charged, reserved) of every attempt the provider charged more than it reserved (µUSD)."""
+        rows = self.db.execute(
+            "SELECT job_id, provider_cost_micros, reserved_micros FROM attempts "
+            "WHERE provider_cost_micros > reserved_micros ORDER BY id"
+        )
+        return [(row[0], int(row[1]), int(row[2])) for row in rows]
 
     def requeue_skipped(self, now: float) -> None:
         """Put the manifest's skipped jobs back in line (a new run reconsiders what budget or deadline refused)."""
         with self.transaction() as db:
             _requeue_skipped(db, now)
 
-    def next_pending(self, now: float, after_idx: int = -1) -> JobRow | None:
-        """The first pending job of the manifest (after ``after_idx``) whose backoff is over."""
+    def next_pending(self, now: float, after_idx: int = -1, *, held: Sequence[str] = ()) -> JobRow | None:
+        """The first pending job of the manifest (after ``after_idx``) whose backoff is over, of no price class in
+        ``held``."""
+        marks = ",".join("?" * len(held))
         row = self.db.execute(
             "SELECT * FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND not_before <= ? AND idx > ? "
-            "ORDER BY idx LIMIT 1",
-            (now, after_idx),
+            f"AND price_class NOT IN ({marks}) ORDER BY idx LIMIT 1",
+            (now, after_idx, *held),
         ).fetchone()
         return _job(row) if row else None
 
-    def earliest_pending(self) -> float | None:
-        """When the next pending job's backoff ends (``None``: no pending job)."""
-        row = self.db.execute("SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1").fetchone()
+    def earliest_pending(self, *, held: Sequence[str] = ()) -> float | None:
+        """When the next pending job's backoff ends (``None``: no pending job), of no price class in ``held``."""
+        marks = ",".join("?" * len(held))
+        row = self.db.execute(
+            f"SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND price_class NOT IN "
+            f"({marks})",
+            tuple(held),
+        ).fetchone()
         return None if row[0] is None else float(row[0])
+
+    def classes_in_flight(self) -> set[str]:
+        """The price classes of the jobs submitted (or being submitted) whose cost is not known yet."""
+        rows = self.db.execute("SELECT DISTINCT price_class FROM jobs WHERE state IN ('submitting', 'submitted')")
+        return {row[0] for row in rows}
 
     def job(self, job_id: str) -> JobRow:
         """One job by id."""
@@ -436,6 +491,7 @@ class Store:
         if attempt is not None:
             cost = attempt["reserved_micros"] if cost_micros is None else cost_micros
             _end_attempt(db, attempt, "settled", cost, outcome="ok", status=200, message=None, now=now)
+            db.execute("UPDATE attempts SET provider_cost_micros = ? WHERE id = ?", (cost_micros, attempt["id"]))
         db.execute(
             "UPDATE jobs SET state = 'downloading', video_url = ?, completed_at = ?, open_attempt = NULL, "
             "download_failures = 0, not_before = 0, updated_at = ? WHERE id = ?",
@@ -580,9 +636,9 @@ class Store:
                 db.execute(f"UPDATE money SET {column} = {column} - ?", (row["settled_micros"],))
                 db.execute("UPDATE money SET settled_micros = settled_micros + ?", (cost,))
                 db.execute(
-                    "UPDATE attempts SET money = 'settled', settled_micros = ?, outcome = 'ok', "
-                    "message = 'recovered from the provider''s request history' WHERE id = ?",
-                    (cost, row["id"]),
+                    "UPDATE attempts SET money = 'settled', settled_micros = ?, outcome = 'ok', provider_cost_micros "
+                    "= ?, message = 'recovered from the provider''s request history' WHERE id = ?",
+                    (cost, cost_micros, row["id"]),
                 )
             db.execute(
                 "UPDATE jobs SET state = 'downloading', video_url = ?, reason = NULL, download_failures = 0, "

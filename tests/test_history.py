@@ -175,17 +175,18 @@ async def test_an_unreachable_history_is_asked_once_not_once_per_ambiguous_job(
     app = web.Application()
     app.router.add_get(HISTORY, unavailable)
     async with serving(app) as history_url:
-        faults = FaultPlan(script=parse_script("submit:1=drop,submit:2=drop,submit:3=drop"))
+        # The first job tells the price (it runs alone); the three after it are submitted together and dropped.
+        faults = FaultPlan(script=parse_script("submit:2=drop,submit:3=drop,submit:4=drop"))
         sim = await make_sim(SimSettings(latency_s=0.05), faults)
-        path, out = write_manifest(batch_manifest(3, extra="concurrency: 3\n")), tmp_path / "out"
+        path, out = write_manifest(batch_manifest(4, extra="concurrency: 3\n")), tmp_path / "out"
         result = await run_in_process(path, out, sim, history_url=history_url)
     assert result.exit_code == ExitCode.OK
-    assert_all_done(out, 3)
+    assert_all_done(out, 4)
     assert len(hits) == 1
     log = (out / "run.log").read_text()
     assert log.count("could not be read") == 1 and log.count("the request history is unreachable") == 2
     store = read_state(out)
-    assert all(job.possibly_billed_twice for job in store.jobs())  # said, not hidden
+    assert [job.possibly_billed_twice for job in store.jobs()] == [False, True, True, True]  # said, not hidden
     store.close()
 
 

@@ -40,20 +40,20 @@ async def test_happy_path_holds_the_concurrency_cap(make_sim, write_manifest, tm
 async def test_a_v2_slot_is_free_once_the_generation_is_over_and_only_once(
     make_sim, write_manifest, tmp_path: Path
 ) -> None:
-    # The first job's result fails twice after its status said COMPLETED: the next job is submitted meanwhile (the
-    # generation is over), and the polls that see COMPLETED again give no second slot back (a third job would then
-    # run beside the second).
-    faults = FaultPlan(script=parse_script("result:1=500,result:2=500"))
+    # The second job's result fails twice after its status said COMPLETED: the next job is submitted meanwhile (the
+    # generation is over; the first job told the price), and the polls that see COMPLETED again give no second slot
+    # back (a fourth job would then run beside the third).
+    faults = FaultPlan(script=parse_script("result:2=500,result:3=500"))
     sim = await make_sim(SimSettings(latency_s=0.15), faults=faults)
-    path = write_manifest(batch_manifest(3, extra="concurrency: 1\n"))
+    path = write_manifest(batch_manifest(4, extra="concurrency: 1\n"))
     result = await run_in_process(path, tmp_path / "out", sim, transport="v2", poll_interval_s=0.02)
     assert result.exit_code == ExitCode.OK
-    assert_all_done(tmp_path / "out", 3)
-    assert sim.account().peak_in_progress == 1 and len(sim.account().charges) == 3
+    assert_all_done(tmp_path / "out", 4)
+    assert sim.account().peak_in_progress == 1 and len(sim.account().charges) == 4
     store = read_state(tmp_path / "out")
-    first, second, _ = store.jobs()
+    _, second, third, _ = store.jobs()
     store.close()
-    assert first.completed_at and second.submitted_at and second.submitted_at < first.completed_at
+    assert second.completed_at and third.submitted_at and third.submitted_at < second.completed_at
 
 
 @pytest.mark.parametrize("mode", ["url", "base64"])
@@ -93,7 +93,7 @@ async def test_budget_counts_what_earlier_runs_spent(make_sim, write_manifest, t
 
 
 async def test_a_429_pauses_every_submit_until_the_reset(make_sim, write_manifest, tmp_path: Path) -> None:
-    faults = FaultPlan(script=parse_script("submit:2=429"))
+    faults = FaultPlan(script=parse_script("submit:1=429"))  # the first job, alone: it tells the price
     sim = await make_sim(SimSettings(fault_429_reset_s=0.4, latency_s=0.2), faults)
     path = write_manifest(batch_manifest(5, extra="concurrency: 2\n"))
     result = await run_in_process(path, tmp_path / "out", sim)

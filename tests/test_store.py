@@ -17,7 +17,7 @@ from tests.conftest import batch_manifest
 def store(tmp_path: Path, write_manifest) -> Store:
     jobs = expand(load_manifest(write_manifest(batch_manifest(3))))
     opened = Store.open(tmp_path / "state.db")
-    opened.sync_jobs(jobs, [504_000] * 3, now=1.0)
+    opened.sync_jobs(jobs, [504_000] * 3, ["c"] * 3, now=1.0)
     yield opened
     opened.close()
 
@@ -35,6 +35,7 @@ def test_schema_is_migrated_and_recorded(store: Store) -> None:
     assert [row[0] for row in store.db.execute("SELECT name FROM migrations")] == [
         "m001_initial",
         "m002_no_urls_of_old_processes",
+        "m003_price_classes",
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert (store.path.stat().st_mode & 0o777) == 0o600
@@ -104,6 +105,6 @@ def test_requeue_never_pays_again_for_a_paid_clip(store: Store) -> None:
 
 def test_sync_keeps_jobs_that_left_the_manifest(store: Store, write_manifest) -> None:
     fewer = expand(load_manifest(write_manifest(batch_manifest(2), "b.yaml")))
-    assert store.sync_jobs(fewer, [504_000] * 2, now=2.0) == 0
+    assert store.sync_jobs(fewer, [504_000] * 2, ["c"] * 2, now=2.0) == 0
     assert [job.in_manifest for job in store.jobs()] == [True, True, False]
     assert sum(store.counts().values()) == 2

@@ -92,10 +92,13 @@ class SimSettings:
     quote_key: bool = False  # end every {"error": ...} message with " (key <the x-api-key sent>)", as a leaky provider
     stall_gap_s: float = 1.0  # the pause between the bytes of a stalled download (fault "stall_download")
     history_shape: str = "data"  # the request history's page and row shape: one of HISTORY_SHAPES
+    price_factor: float = 1.0  # the provider's prices against the model's table (3.0: it charges three times it)
 
     def __post_init__(self) -> None:
         if self.history_shape not in HISTORY_SHAPES:
             raise UsageError(f"history_shape is one of {', '.join(HISTORY_SHAPES)} (got {self.history_shape!r})")
+        if not self.price_factor > 0:
+            raise UsageError("price_factor is more than 0")
         if self.trickle_bytes < 0 or self.trickle_gap_s < 0 or self.stall_gap_s < 0:
             raise UsageError("trickle_bytes, trickle_gap_s and stall_gap_s are not negative")
 
@@ -394,7 +397,7 @@ class Simulator:
         if invalid:
             self._record(key, route, digest, 400, None)
             return _error(400, invalid)
-        price = estimate_micros(payload, model)
+        price = max(1, round(estimate_micros(payload, model) * self.settings.price_factor))
         account = self.accounts[key]
         if account.balance_micros - account.held_micros < price:
             self._record(key, route, digest, 406, None)
