@@ -6,10 +6,13 @@ the client only; it is never stored, logged or put in a message.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
+import socket
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,15 +25,16 @@ from yarl import URL
 
 from batchgen import __version__
 from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL
-from batchgen.errors import UsageError
+from batchgen.errors import StateError, UsageError
 from batchgen.jobs import Job, expand
 from batchgen.manifest import Manifest, load_manifest, manifest_from_data
 from batchgen.outputs import RunDir, RunLock
 from batchgen.pricing import estimate_micros, price_class
-from batchgen.store import Store
+from batchgen.store import Owner, Store
 from batchgen.yamlsource import parse_document, read_source
 
 BASE_URL_ENV = "SEGMIND_BASE_URL"
+OWNER_STALE_S = 60.0  # an owner not heard from for this long is gone (a run says it is alive every 10 s)
 HISTORY_URL_ENV = "SEGMIND_HISTORY_URL"
 
 
@@ -189,6 +193,7 @@ def open_run(
     try:
         store = Store.open(run_dir.state)
         try:
+            claim(store)
             now = time.time()
             if jobs is None:
                 store.requeue_skipped(now)
@@ -209,9 +214,43 @@ def open_run(
             )
             yield run_dir, store
         finally:
-            store.close()
+            _let_go(store)
     finally:
         lock.release()
+
+
+def _let_go(store: Store) -> None:
+    """Release the ownership (when this process got it) and close the state; a state that cannot be written any
+    more keeps its owner row, which the next run finds stale."""
+    with contextlib.suppress(StateError):
+        store.release()
+    store.close()
+
+
+def claim(store: Store) -> None:
+    """Record this process as the owner of the run directory in its state (the lock file can be deleted; the
+    state cannot be fooled): :class:`RunLockedError` when a live process owns it, else its stale owner is taken
+    over (``store.took_over`` says from whom)."""
+    store.claim(uuid.uuid4().hex, os.getpid(), socket.gethostname(), time.time(), owner_is_live)
+
+
+def owner_is_live(owner: Owner, now: float | None = None) -> bool:
+    """Whether a recorded owner still runs: heard from within ``OWNER_STALE_S`` and, on this host, its process
+    alive (and not this very process, which is not running the directory if it asks)."""
+    now = time.time() if now is None else now
+    if now - owner.heartbeat_at > OWNER_STALE_S:
+        return False
+    if owner.host != socket.gethostname():
+        return True
+    if owner.pid == os.getpid():
+        return False
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @contextmanager
@@ -226,9 +265,11 @@ def open_state(root: Path, *, write: bool = False) -> Iterator[tuple[RunDir, Sto
     try:
         store = Store.open(run_dir.state, readonly=not write)
         try:
+            if write:
+                claim(store)
             yield run_dir, store
         finally:
-            store.close()
+            _let_go(store)
     finally:
         if lock is not None:
             lock.release()

@@ -81,6 +81,7 @@ class RunSettings:
     unreachable_pause_s: float = 5.0  # submits wait this long after a connection to the API's host failed
     credits_tries: int = 3  # the balance asked this often (a second apart) before an unreachable host stops the run
     max_unreadable_polls: int = 6  # a request's status unreadable this often in a row: asked elsewhere, or given up
+    heartbeat_s: float = 10.0  # how often the run tells its state it is alive (the state's owner)
     seed: int | None = None
 
 
@@ -249,6 +250,7 @@ class Runner:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
             workers.append(asyncio.create_task(self._place_loop()))
+            workers.append(asyncio.create_task(self._heartbeat()))
             for worker in workers:
                 worker.add_done_callback(self._collect)  # a worker that dies stops the run, loudly
             try:
@@ -296,9 +298,21 @@ class Runner:
             code = ExitCode.OK
         return RunResult(code, counts, money, self.stop.message)
 
+    async def _heartbeat(self) -> None:
+        """Tell the state this process still runs the directory; one that was taken over stops (a run paused for
+        longer than an owner may be silent, say a laptop asleep, finds another process in charge)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self.store.heartbeat(self.clock())
+
     def _resume(self) -> None:
         """Invariant 4: restart is just reading the state."""
         now = self.clock()
+        previous = self.store.took_over
+        if previous is not None:
+            self._event(
+                "warning", None, f"! took over this directory from a run that is gone ({previous.describe(now)})"
+            )
         for job_id in self.store.recover(now):
             self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
             self._write_job_log(job_id)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.canonical import canonical_json, content_hash
-from batchgen.errors import StateError
+from batchgen.errors import RunLockedError, StateError
 from batchgen.jobs import Job
 
 STATES = ("pending", "submitting", "submitted", "downloading", "done", "failed", "lost", "skipped")
@@ -194,7 +194,34 @@ def m003_price_classes(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_owner(db: sqlite3.Connection) -> None:
+    """The state owns the run (invariant 10): which process runs this directory, checked in the transaction that
+    begins each attempt, so two processes never both submit, whatever happened to the lock file."""
+    _script(
+        db,
+        "CREATE TABLE owner (id INTEGER PRIMARY KEY CHECK (id = 1), token TEXT NOT NULL, pid INTEGER NOT NULL, "
+        "host TEXT NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL)",
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that runs a directory, as the state records it."""
+
+    token: str
+    pid: int
+    host: str
+    started_at: float
+    heartbeat_at: float
+
+    def describe(self, now: float) -> str:
+        """``pid 123 on host h, started 12:00:00, last heard from 4 s ago``."""
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        return f"pid {self.pid} on {self.host}, started {started}, last heard from {now - self.heartbeat_at:.0f} s ago"
 
 
 class Store:
@@ -203,6 +230,8 @@ class Store:
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        self.owner_token: str | None = None  # set by ``claim``: attempts begin only while the state says it is ours
+        self.took_over: Owner | None = None  # the stale owner ``claim`` took the directory from, to be said
 
     # --- opening ------------------------------------------------------------------------------------------
 
@@ -441,9 +470,12 @@ class Store:
         The check and the reservation are one transaction: no two attempts can both take the last dollars.
         """
         with self.transaction() as db:
+            self._check_owner(db)
             if not allow(_money(db)):
                 return None
-            row = db.execute("SELECT attempts_used FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'", (job_id,)).fetchone()
+            if row is None:  # only a pending job begins an attempt: never one another process has taken
+                raise StateError(f"{job_id} is no longer pending in {self.path}: another process changed it")
             cursor = db.execute(
                 "INSERT INTO attempts (job_id, number, transport, started_at, money, reserved_micros) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?)",
@@ -457,6 +489,51 @@ class Store:
                 (attempt_id, now, job_id),
             )
         return attempt_id
+
+    # --- ownership ----------------------------------------------------------------------------------------
+
+    def owner(self) -> Owner | None:
+        """Who runs this directory, as recorded."""
+        row = self.db.execute("SELECT token, pid, host, started_at, heartbeat_at FROM owner").fetchone()
+        return Owner(*row) if row else None
+
+    def claim(self, token: str, pid: int, host: str, now: float, is_live: Callable[[Owner], bool]) -> Owner | None:
+        """Record this process as the directory's owner, in one transaction; the stale owner it took over from, if
+        any. :class:`RunLockedError` when ``is_live`` says the recorded owner still runs."""
+        with self.transaction() as db:
+            row = db.execute("SELECT token, pid, host, started_at, heartbeat_at FROM owner").fetchone()
+            previous = Owner(*row) if row else None
+            if previous is not None and previous.token != token and is_live(previous):
+                raise RunLockedError(
+                    f"another batchgen run ({previous.describe(now)}) is using {self.path.parent}; wait for it, or "
+                    "stop it first"
+                )
+            db.execute("INSERT OR REPLACE INTO owner VALUES (1, ?, ?, ?, ?, ?)", (token, pid, host, now, now))
+        self.owner_token = token
+        self.took_over = previous if previous is not None and previous.token != token else None
+        return self.took_over
+
+    def heartbeat(self, now: float) -> None:
+        """Say the owner is alive; :class:`StateError` when another process has taken the directory over."""
+        with self.transaction() as db:
+            self._check_owner(db)
+            db.execute("UPDATE owner SET heartbeat_at = ? WHERE token = ?", (now, self.owner_token))
+
+    def release(self) -> None:
+        """This process no longer runs the directory."""
+        if self.owner_token is not None:
+            with self.transaction() as db:
+                db.execute("DELETE FROM owner WHERE token = ?", (self.owner_token,))
+            self.owner_token = None
+
+    def _check_owner(self, db: sqlite3.Connection) -> None:
+        if self.owner_token is None:
+            return
+        row = db.execute("SELECT pid, host FROM owner WHERE token = ?", (self.owner_token,)).fetchone()
+        if row is None:
+            holder = self.owner()
+            who = f" ({holder.describe(time.time())})" if holder else ""
+            raise StateError(f"another batchgen process{who} has taken over {self.path.parent}: this one stops")
 
     def mark_submitted(self, job_id: str, request_id: str, now: float) -> None:
         """The provider answered with a request id: it is stored at once, and the job is never POSTed again."""
