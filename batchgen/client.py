@@ -34,7 +34,7 @@ from yarl import URL
 
 from batchgen.decisions import Decision, classify, provider_message
 from batchgen.errors import ProviderError
-from batchgen.history import HistoryRow, HistoryShapeError, cost_micros, parse_page, parse_row
+from batchgen.history import HistoryRow, HistoryShapeError, parse_cost, parse_page, parse_row
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
 DEFAULT_HISTORY_URL = "https://api.spotprod.segmind.com"
@@ -73,7 +73,7 @@ class Completed:
     request_id: str | None
     video_url: str | None
     cost_micros: int | None
-    inline: bytes | None = None  # v1: the video arrived in the answer (already written to the sink)
+    cost_note: str | None = None  # why a cost the provider reported cannot be used (the estimate stands in)
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class Client:
         if status != "COMPLETED":
             return None
         metrics = data["metrics"] if isinstance(data.get("metrics"), dict) else {}
-        return Completed(_str(data.get("request_id")), _video_url(data), cost_micros(metrics.get("cost")))
+        return Completed(_str(data.get("request_id")), _video_url(data), *parse_cost(metrics.get("cost")))
 
     # --- v1 -----------------------------------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ class Client:
         """
         url = f"{self.base_url}/v1/{self.model}"
         async with self._exchange("submit", "POST", url, self.timeouts.v1_s, json=payload) as response:
-            billed = Completed(response.headers.get("x-request-id"), None, cost_micros(response.headers.get("x-cost")))
+            billed = Completed(response.headers.get("x-request-id"), None, *parse_cost(response.headers.get("x-cost")))
             on_billed(billed)
             if response.content_type.startswith("video/"):
                 await self._stream(response, sink)
@@ -240,7 +240,7 @@ class Client:
             data = await _json_of(response, "submit", limit=self.max_video_bytes * 4 // 3 + MAX_JSON_BYTES)
         video_url = _video_url(data)
         if video_url:
-            return Completed(billed.request_id, video_url, billed.cost_micros)
+            return replace(billed, video_url=video_url)
         encoded = data.get("output") or data.get("video")
         if isinstance(encoded, str):
             try:
@@ -336,7 +336,9 @@ class Client:
 
     async def _stream(self, response: aiohttp.ClientResponse, sink: Sink) -> int:
         """The body into ``sink``, whole, under the cap, the progress floor and the deadline."""
-        declared = response.content_length
+        # An encoded body (gzip, though identity was asked for) is decoded by aiohttp: its length is not the video's.
+        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+        declared = None if encoded else response.content_length
         if declared is not None and declared > self.max_video_bytes:
             raise _protocol(f"the video is {declared:,} bytes, over the cap of {self.max_video_bytes:,}")
         pace = _Pace(self.timeouts, declared if declared is not None else self.max_video_bytes)

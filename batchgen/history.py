@@ -104,13 +104,27 @@ def parse_time(value: Any) -> float:
     raise HistoryShapeError(f"a row's time is not a time: {_show(value)}")
 
 
+MAX_COST_USD = 10_000.0  # no clip costs this much: a figure above it is a broken one
+
+
 def cost_micros(value: Any) -> int | None:
-    """A cost in USD as the provider writes it → µUSD; ``None`` when it is no usable number."""
+    """A cost in USD as the provider writes it → µUSD; ``None`` when it is absent or no usable number."""
+    return parse_cost(value)[0]
+
+
+def parse_cost(value: Any) -> tuple[int | None, str | None]:
+    """A cost the provider reported → (µUSD, ``None``), or (``None``, why it cannot be used) when it is not a
+    positive finite number below ``MAX_COST_USD`` — the estimate stands in for it then, said, never silently. A cost
+    under a micro-dollar is one micro-dollar, not free. ``(None, None)`` when there is none."""
+    if value is None or value == "":
+        return None, None
     try:
         cost = float(value)
     except (TypeError, ValueError):
-        return None
-    return round(cost * 1_000_000) if 0 <= cost < 10_000 else None
+        cost = math.nan
+    if isinstance(value, bool) or not (0 < cost < MAX_COST_USD):
+        return None, f"the provider reported a cost of {str(value)[:40]!r}, which is no price"
+    return max(1, round(cost * 1_000_000)), None
 
 
 def _rows_of(data: Any) -> list[Any]:

@@ -170,7 +170,11 @@ def _known_manifest(root: Path, digest: str, file: str) -> Manifest | None:
     state = RunDir(root).state
     if not state.exists():
         return None
-    store = Store.open(state, readonly=True)
+    try:
+        store = Store.open(state, readonly=True)
+    except StateError:
+        return None  # empty, older or damaged: the run opens it for writing, and says what it cannot use
+
     try:
         if store.get_meta("manifest_digest") != digest:
             return None

@@ -71,10 +71,15 @@ class RunDir:
         return self.videos / f"{job_id}.mp4"
 
     def prepare(self) -> None:
-        """Create the directory tree, private to its owner."""
+        """Create the directory tree, private to its owner. Its subdirectories must be real directories: a symbolic
+        link there would have batchgen write (and chmod) somewhere outside the run."""
         try:
-            for path in (self.root, self.videos, self.logs, self.posters):
-                path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self.root.chmod(DIR_MODE)
+            for path in (self.videos, self.logs, self.posters):
+                _refuse_link(path)
+                path.mkdir(mode=DIR_MODE, exist_ok=True)
+                _refuse_link(path)  # not made a link meanwhile: chmod would follow it
                 path.chmod(DIR_MODE)
         except OSError as exc:
             raise OutputError(f"cannot create the run directory {self.root}: {exc.strerror}") from None
@@ -126,7 +131,9 @@ class PartFile:
         self.part = final.with_name(final.name + ".part")
         self._digest = hashlib.sha256()
         self.size = 0
-        self._fd = _private(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        self._fd = _fresh(self.part)
+        stat = os.fstat(self._fd)
+        self.identity = (stat.st_dev, stat.st_ino)  # the file written: the one placed, never one swapped in for it
 
     def write(self, chunk: bytes) -> None:
         """Append ``chunk``."""
@@ -142,6 +149,15 @@ class PartFile:
     def sha256(self) -> str:
         """The hash of what was written."""
         return self._digest.hexdigest()
+
+    def check_identity(self) -> None:
+        """``ProtocolError`` unless ``.part`` is still the file written (not a link or another file put there)."""
+        try:
+            stat = os.lstat(self.part)
+        except FileNotFoundError:
+            raise ProtocolError(f"{self.part.name} disappeared before it was placed") from None
+        if (stat.st_dev, stat.st_ino) != self.identity:
+            raise ProtocolError(f"{self.part.name} was replaced by another file before it was placed: not used")
 
     def close(self) -> None:
         """Stop writing: every byte is handed to the kernel (not yet durable: see ``place_videos``)."""
@@ -221,7 +237,7 @@ def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
     still = _reformatter().reformat(frame, format="yuvj420p")
     packets = encoder.encode(still) + encoder.encode(None)
     temporary = poster.with_name(f".{poster.name}.tmp")
-    fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fd = _fresh(temporary)
     with os.fdopen(fd, "wb") as handle:
         handle.write(b"".join(bytes(packet) for packet in packets))
     os.replace(temporary, poster)
@@ -247,24 +263,31 @@ def place_videos(parts: Sequence[PartFile], posters: Path | None) -> list[dict[s
     together. An ``OutputError`` (the disk) leaves no ``.part`` of the batch behind and no ``.mp4`` unsynced.
     """
     results: list[dict[str, Any] | ProtocolError] = []
-    good: list[PartFile] = []
+    good: list[tuple[int, PartFile]] = []
     try:
-        for part in parts:
+        for index, part in enumerate(parts):
             try:
+                part.check_identity()
                 probe = probe_video(part.part, None if posters is None else posters / f"{part.final.stem}.jpg")
             except ProtocolError as exc:
                 part.discard()
                 results.append(exc)
                 continue
             results.append(probe)
-            good.append(part)
+            good.append((index, part))
         if good:
-            _make_durable([part.part for part in good])
-            for part in good:
+            _make_durable([part.part for _, part in good])
+            for index, part in good:
+                try:
+                    part.check_identity()  # still the file checked: a link put there now would be placed
+                except ProtocolError as exc:
+                    part.discard()
+                    results[index] = exc
+                    continue
                 os.replace(part.part, part.final)
-            _fsync_dir(good[0].final.parent)
+            _fsync_dir(good[0][1].final.parent)
     except OSError as exc:
-        for part in good:
+        for _, part in good:
             part.discard()
         raise _output_error(exc, parts[0].final.parent) from None
     return results
@@ -338,7 +361,7 @@ def write_text(path: Path, text: str, *, durable: bool = True) -> None:
     """
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        fd = _private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fd = _fresh(temporary)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             if durable:
@@ -409,11 +432,32 @@ def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise OutputError(
+            f"{path} is a symbolic link: batchgen writes only into real directories of the run; replace it with a "
+            "directory (move what it points to into it, if you want to keep that)"
+        )
+
+
 def _private(path: Path, flags: int) -> int:
+    """Open a file of the run without following a symbolic link planted at ``path`` (its target would be written)."""
     try:
-        return os.open(path, flags, FILE_MODE)
+        return os.open(path, flags | os.O_NOFOLLOW, FILE_MODE)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(
+                f"{path} is a symbolic link: batchgen does not write through links in a run directory; remove it"
+            ) from None
         raise _output_error(exc, path) from None
+
+
+def _fresh(path: Path) -> int:
+    """A new private file at ``path`` for writing (a temporary one, a ``.part``): whatever was there, a planted link
+    included, is removed first, and the file is created, not opened (``O_EXCL``): nothing outside is ever written."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return _private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -540,8 +540,11 @@ class Runner:
         """What a submit reserves: the estimate, or the highest price the provider charged for the class if more."""
         return max(job.estimate_micros, self._prices.get(job.price_class, 0))
 
-    def _note_price(self, job: JobRow, cost_micros: int | None) -> None:
-        """The provider told what a job cost: the class's price is known, and one above the reservation is said."""
+    def _note_price(self, job: JobRow, cost_micros: int | None, note: str | None = None) -> None:
+        """The provider told what a job cost: the class's price is known, and one above the reservation is said (as
+        is a figure that is no price: ``note``)."""
+        if note is not None:
+            self._event("warning", job.id, f"! {note}: counted at its estimate, {format_usd(self._reservation(job))}")
         if cost_micros is None:
             return
         reserved = self._reservation(job)
@@ -624,7 +627,7 @@ class Runner:
         def on_billed(completed: Completed) -> None:
             now = self.clock()
             self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, now)
-            self._note_price(job, completed.cost_micros)
+            self._note_price(job, completed.cost_micros, completed.cost_note)
             self.polls.observe(now - posted_at)  # the answer's head: the generation is over
             billed.append(completed)
 
@@ -804,7 +807,7 @@ class Runner:
         self.generated.discard(job.id)
         now = self.clock()
         self.store.mark_completed(job.id, completed.cost_micros, completed.video_url, now)
-        self._note_price(job, completed.cost_micros)
+        self._note_price(job, completed.cost_micros, completed.cost_note)
         self._settled(job.id)
         if completed.video_url is None:
             self.store.download_failed(job.id, "the provider completed the job but named no video URL", 0, True, now)

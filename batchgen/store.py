@@ -253,7 +253,10 @@ class Store:
             store = cls(db, path)
             store._migrate(readonly)
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot use the state file {path}: {exc}") from None
+            raise StateError(
+                f"cannot use the state file {path}: {exc}; if it is damaged, move it aside: `batchgen run` then starts "
+                "a new state (clips it paid for are found again in the provider's request history, by run.log)"
+            ) from None
         return store
 
     def _migrate(self, readonly: bool) -> None:
@@ -265,6 +268,11 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        if readonly and version == 0:
+            raise StateError(
+                f"{self.path} holds no state (it is empty: a run stopped before writing it, or it was emptied); "
+                "`batchgen run` starts a new one"
+            )
         if readonly:
             raise StateError(f"{self.path} has an older state schema: run `batchgen run` once to upgrade it")
         with self.transaction():

@@ -203,3 +203,42 @@ async def test_v1_answer_neither_video_nor_json_shows_its_start(hostile, tmp_pat
     await _run(server, tmp_path, write_manifest, transport="v1")
     job, _ = _job(tmp_path)
     assert job.state == "lost" and "Maintenance" in (job.reason or "")
+
+
+async def test_a_gzip_encoded_video_is_decoded_then_checked(hostile, tmp_path, write_manifest) -> None:
+    import gzip
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        assert request.headers.get("Accept-Encoding") == "identity"  # asked for the bytes as stored
+        return web.Response(body=gzip.compress(CLIP), content_type="video/mp4", headers={"Content-Encoding": "gzip"})
+
+    server = await hostile(video=gzipped)
+    result = await _run(server, tmp_path, write_manifest)
+    job, _ = _job(tmp_path)
+    assert result.exit_code == ExitCode.OK and job.state == "done"
+    assert (tmp_path / "out" / (job.video_path or "")).read_bytes() == CLIP
+
+
+@pytest.mark.parametrize(
+    ("cost", "settled", "said"),
+    [
+        (1e-300, 1, False),  # under a micro-dollar: not free
+        (0.7, 700_000, False),
+        ("NaN", 504_000, True),
+        (-1.0, 504_000, True),
+        ("free", 504_000, True),
+        (0, 504_000, True),
+    ],
+)
+async def test_a_cost_that_is_no_price_is_replaced_by_the_estimate_and_said(
+    hostile, tmp_path, write_manifest, cost: object, settled: int, said: bool
+) -> None:
+    async def priced(request: web.Request) -> web.StreamResponse:
+        body = {"status": "COMPLETED", "output": f"http://{request.host}/files/v.mp4", "metrics": {"cost": cost}}
+        return web.json_response(body)
+
+    server = await hostile(result=priced)
+    result = await _run(server, tmp_path, write_manifest)
+    _, attempts = _job(tmp_path)
+    assert result.exit_code == ExitCode.OK and attempts[-1].settled_micros == settled
+    assert ("which is no price: counted at its estimate, $0.504" in (tmp_path / "out" / "run.log").read_text()) is said

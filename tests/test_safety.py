@@ -249,3 +249,20 @@ async def test_tls_certificates_are_always_verified(write_manifest, tmp_path: Pa
     assert done.code == 4, done.stderr
     assert seen == []  # no request ever reached the server behind the untrusted certificate
     assert "cannot reach the provider at 127.0.0.1" in done.stderr and "certificate verify failed" in done.stderr
+
+
+async def test_an_empty_or_a_foreign_state_file_is_a_clear_word(make_sim, write_manifest, tmp_path: Path) -> None:
+    sim = await make_sim()
+    path, out = write_manifest(batch_manifest(1)), tmp_path / "out"
+    out.mkdir()
+    (out / "state.db").write_bytes(b"")
+    status = await run_cli_async("status", "--out", str(out), env=cli_env(sim))
+    assert status.code == 2 and "holds no state (it is empty" in status.stderr and "Traceback" not in status.stderr
+    done = await run_cli_async("run", str(path), "--out", str(out), "--no-progress", env=cli_env(sim))
+    assert done.code == 0, done.stderr  # an empty state is a new one
+    (out / "state.db").write_bytes(b"this is not SQLite at all, but it is long enough to have a header" * 100)
+    for suffix in ("-wal", "-shm"):
+        (out / f"state.db{suffix}").unlink(missing_ok=True)
+    broken = await run_cli_async("run", str(path), "--out", str(out), "--no-progress", env=cli_env(sim))
+    assert broken.code == 2 and "file is not a database" in broken.stderr and "move it aside" in broken.stderr
+    assert "Traceback" not in broken.stderr

@@ -54,7 +54,7 @@ class Journal:
     def append(self, record: Record) -> None:
         """Write one record as a line and flush it, so that a kill right after loses nothing."""
         if self._out is None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             self._out = os.fdopen(fd, "a", encoding="utf-8")
         self._out.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
         self._out.flush()
