@@ -8,12 +8,14 @@ a third of the time (0.25 s instead of 0.75 s here).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_reconcile(commands)
     _add_retry(commands)
+    _add_verify(commands)
     _add_simulate(commands)
     return parser
 
@@ -718,6 +721,36 @@ def _status(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def _add_provider_flags(command: argparse.ArgumentParser, what: str) -> None:
+    """The flags of a command that talks to the provider about an existing run (reconcile, verify --repair)."""
+    command.add_argument("--base-url", metavar="URL", help="API base URL (as for run)")
+    command.add_argument("--history-url", metavar="URL", help="the request history's URL (as for run)")
+    command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
+    command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
+    command.add_argument(
+        "--simulate",
+        action="store_true",
+        help=f"a run made with --simulate: {what} its simulator (its books are kept in the run directory)",
+    )
+
+
+@asynccontextmanager
+async def _provider_of(args: argparse.Namespace, manifest: Manifest, root: Path) -> AsyncIterator[Target]:
+    """Where an existing run's provider is: the flags' target, or with ``--simulate`` the run's own simulator,
+    served again from its journal for the block."""
+    if not args.simulate:
+        yield _target(args, manifest)
+        return
+    from batchgen.launch import Target
+    from batchgen.simulator.server import running_simulator
+
+    journal = root / SIMULATOR_JOURNAL
+    if not journal.exists():
+        raise UsageError(f"{root} was not run with --simulate: there is no {journal.name} in it")
+    async with running_simulator(journal=journal) as simulator:
+        yield Target(simulator.base_url, DEFAULT_KEY, simulator.base_url)
+
+
 def _add_reconcile(commands: Any) -> None:
     command = _add_command(
         commands,
@@ -727,15 +760,7 @@ def _add_reconcile(commands: Any) -> None:
     )
     _add_target(command)
     command.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    command.add_argument("--base-url", metavar="URL", help="API base URL (as for run)")
-    command.add_argument("--history-url", metavar="URL", help="the request history's URL (as for run)")
-    command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
-    command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
-    command.add_argument(
-        "--simulate",
-        action="store_true",
-        help="a run made with --simulate: compare with its simulator's books (kept in the run directory)",
-    )
+    _add_provider_flags(command, "compare with the books of")
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -747,31 +772,93 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     root = _root_of(args)
     with open_state(root) as (run_dir, store):
-        manifest_path = args.manifest or store.get_meta("manifest")
-        manifest = load_manifest(manifest_path, max_jobs=sys.maxsize)
-        target = None if args.simulate else _target(args, manifest)
-        if target is not None and target.history_url is None:
-            raise UsageError("reconcile needs the request history: give --history-url")
+        manifest = load_manifest(args.manifest or store.get_meta("manifest"), max_jobs=sys.maxsize)
 
-        async def compare(target: Target) -> dict[str, Any]:
-            async with Client(
-                target.base_url, target.api_key, manifest.model.slug, history_url=target.history_url
-            ) as c:
-                return await reconcile(store, c)
+        async def compare() -> dict[str, Any]:
+            async with _provider_of(args, manifest, root) as target:
+                if target.history_url is None:
+                    raise UsageError("reconcile needs the request history: give --history-url")
+                client = Client(target.base_url, target.api_key, manifest.model.slug, history_url=target.history_url)
+                async with client:
+                    return await reconcile(store, client, run_dir)
 
-        async def compare_simulated() -> dict[str, Any]:
-            from batchgen.launch import Target
-            from batchgen.simulator.server import running_simulator
-
-            journal = run_dir.root / SIMULATOR_JOURNAL
-            if not journal.exists():
-                raise UsageError(f"{root} was not run with --simulate: there is no {journal.name} in it")
-            async with running_simulator(journal=journal) as simulator:
-                return await compare(Target(simulator.base_url, DEFAULT_KEY, simulator.base_url))
-
-        data = asyncio.run(compare_simulated() if target is None else compare(target))
+        data = asyncio.run(compare())
     print(json.dumps(data, indent=2) if args.json else reconcile_text(data))
     return int(ExitCode.OK if data["agree"] else ExitCode.JOBS_FAILED)
+
+
+def _add_verify(commands: Any) -> None:
+    command = _add_command(
+        commands,
+        "verify",
+        "check every finished video: present, of its size and sha256, playable; --repair downloads the missing and "
+        "damaged again (never pays again); exit 1 if any is left bad",
+        _verify,
+    )
+    _add_target(command)
+    command.add_argument(
+        "--repair",
+        action="store_true",
+        help="download missing or damaged videos again, from their recorded URL or the provider's request history",
+    )
+    command.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _add_provider_flags(command, "repair from")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from batchgen.launch import open_state
+    from batchgen.verify import video_problem
+
+    root = _root_of(args)
+    with open_state(root, write=args.repair) as (run_dir, store):
+        videos = store.done_videos()
+        bad = {video.job_id: problem for video in videos if (problem := video_problem(run_dir.root, video))}
+        repaired: dict[str, str] = {}
+        if args.repair and bad:
+            repaired = _repair(args, root, run_dir, store, bad)
+    rows = [{"job": job_id, "problem": problem, "now": repaired.get(job_id)} for job_id, problem in bad.items()]
+    data: dict[str, Any] = {"checked": len(videos), "whole": len(videos) - len(bad), "bad": rows}
+    left = [row for row in rows if row["now"] != "repaired"]
+    print(json.dumps(data, indent=2) if args.json else _verify_text(root, data))
+    return int(ExitCode.JOBS_FAILED if left else ExitCode.OK)
+
+
+def _repair(args: argparse.Namespace, root: Path, run_dir: Any, store: Any, bad: dict[str, str]) -> dict[str, str]:
+    """Download the bad videos again with a runner that never submits; what became of each (``repaired``, or why
+    not)."""
+    import asyncio
+
+    from batchgen.runner import RunSettings
+
+    manifest = load_manifest(args.manifest or store.get_meta("manifest"), max_jobs=sys.maxsize)
+    now = time.time()
+    for job_id, problem in bad.items():
+        with contextlib.suppress(OSError):
+            (run_dir.videos / f"{job_id}.mp4").unlink(missing_ok=True)
+        store.redownload(job_id, problem, now)
+    settings = RunSettings(submit=False, check_credits=False, backoff_base_s=0.5 if args.simulate else 2.0)
+    progress = Progress(len(bad), None, enabled=False)
+
+    async def repair() -> None:
+        async with _provider_of(args, manifest, root) as target:
+            await _drive(manifest, store, run_dir, settings, target, progress)
+
+    asyncio.run(repair())
+    states = {job.id: job for job in store.jobs(["done", "failed", "lost", "downloading"])}
+    return {
+        job_id: "repaired" if states[job_id].state == "done" else f"{states[job_id].state}: {states[job_id].reason}"
+        for job_id in bad
+    }
+
+
+def _verify_text(root: Path, data: dict[str, Any]) -> str:
+    lines = [f"{root}: {data['checked']} finished videos, {data['whole']} whole, {len(data['bad'])} missing or damaged"]
+    for row in data["bad"]:
+        now = f" → {row['now']}" if row["now"] else ""
+        lines.append(f"  {row['job']}: {row['problem']}{now}")
+    if any(row["now"] is None for row in data["bad"]):
+        lines.append(f"`batchgen verify --out {root} --repair` downloads them again (paid clips are not paid again)")
+    return "\n".join(lines)
 
 
 def _add_report(commands: Any) -> None:

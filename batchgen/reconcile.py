@@ -11,11 +11,12 @@ from typing import Any
 
 from batchgen.canonical import canonical_json
 from batchgen.client import Client
+from batchgen.outputs import RunDir
 from batchgen.pricing import usd
 from batchgen.store import Store
 
 
-async def reconcile(store: Store, client: Client) -> dict[str, Any]:
+async def reconcile(store: Store, client: Client, run_dir: RunDir | None = None) -> dict[str, Any]:
     """The comparison, as JSON data; ``agree`` says whether the books match."""
     attempts = store.all_attempts()
     since = min((a.started_at for a in attempts), default=None)

@@ -51,6 +51,7 @@ from batchgen.outputs import (
 from batchgen.polling import PollSchedule
 from batchgen.pricing import clip_spec, format_usd
 from batchgen.store import AttemptRow, JobRow, Money, Store
+from batchgen.verify import video_problem
 
 T = TypeVar("T")
 RATE_WINDOW_S = 60.0
@@ -82,6 +83,7 @@ class RunSettings:
     credits_tries: int = 3  # the balance asked this often (a second apart) before an unreachable host stops the run
     max_unreadable_polls: int = 6  # a request's status unreadable this often in a row: asked elsewhere, or given up
     heartbeat_s: float = 10.0  # how often the run tells its state it is alive (the state's owner)
+    submit: bool = True  # False: only follow, download and repair what is paid (``batchgen verify --repair``)
     seed: int | None = None
 
 
@@ -246,7 +248,7 @@ class Runner:
             await self._continue_downloads()
             for job in self.store.jobs(["lost"]):
                 await self._from_history(job.id)
-            if self.settings.check_credits:
+            if self.settings.check_credits and self.settings.submit:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
             workers.append(asyncio.create_task(self._place_loop()))
@@ -317,6 +319,7 @@ class Runner:
             self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
             self._write_job_log(job_id)
         self.run_dir.remove_stale_parts()
+        self._check_videos()
         self._refresh_logs()
         for job in self.store.jobs(["submitted"]):
             self._watch(job, now)
@@ -329,13 +332,24 @@ class Runner:
         for job in self.store.jobs(["downloading"]):
             if self.run_dir.video(job.id).exists() and await self._adopt_placed(job):
                 continue
-            if job.video_url:
+            if job.video_url or await self._fresh_video_url(job):
                 self._queue_download(job.id, 0)
             else:
                 message = f"paid (request {job.request_id}), but the run stopped before the v1 answer was saved"
                 self.store.mark_lost(job.id, message, self.clock())
                 self._event("lost", job.id, f"! lost: {message}")
                 self._write_job_log(job.id)
+
+    def _check_videos(self) -> None:
+        """Every done job's video still there, of its recorded size (a cheap look, not a hash: ``batchgen verify``
+        reads them whole); one missing or changed is downloaded again, never paid again."""
+        for video in self.store.done_videos():
+            problem = video_problem(self.run_dir.root, video, full=False)
+            if problem is not None:
+                with contextlib.suppress(OSError):
+                    self.run_dir.video(video.job_id).unlink(missing_ok=True)
+                self.store.redownload(video.job_id, problem, self.clock())
+                self._event("warning", video.job_id, f"! {problem}: downloading it again (paid: not paid again)")
 
     async def _adopt_placed(self, job: JobRow) -> bool:
         """A video placed (checked and durable) by a run stopped before marking its job done: done now."""
@@ -348,7 +362,7 @@ class Runner:
             return False
         warnings = compare(probe, clip_spec(job.payload, self.model))
         path = str(video.relative_to(self.run_dir.root))
-        self.store.mark_done_many([(job.id, path, sha256, probe, warnings)], self.clock())
+        self.store.mark_done_many([(job.id, path, sha256, {**probe, "bytes": size}, warnings)], self.clock())
         self._event("done", job.id, f"← done: {path}, {size:,} bytes (placed before the last stop)")
         self._write_job_log(job.id)
         return True
@@ -397,6 +411,8 @@ class Runner:
 
     async def _submitting(self) -> None:
         """Run the submit loop until it ends or a stop closes it (it may be waiting for a slot or a token)."""
+        if not self.settings.submit:
+            return
         submitter = asyncio.create_task(self._submit_loop(), name="submitter")
         stopped = asyncio.create_task(self._stopped.wait())
         try:
@@ -970,7 +986,11 @@ class Runner:
                 path = str(part.final.relative_to(self.run_dir.root))
                 placed.append((job_id, path, part, result, warnings, finished))
             self.store.mark_done_many(
-                [(job_id, path, part.sha256, probe, w) for job_id, path, part, probe, w, _ in placed], self.clock()
+                [
+                    (job_id, path, part.sha256, {**probe, "bytes": part.size}, w)
+                    for job_id, path, part, probe, w, _ in placed
+                ],
+                self.clock(),
             )
             for job_id, path, part, _, warnings, finished in placed:
                 self.downloading.discard(job_id)

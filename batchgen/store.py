@@ -103,6 +103,16 @@ class AttemptRow:
     # reservation when it did not)
 
 
+@dataclass(frozen=True)
+class DoneVideo:
+    """A done job's video as the state recorded it (``size``: ``None`` for videos of older states)."""
+
+    job_id: str
+    path: str  # relative to the run directory
+    size: int | None
+    sha256: str | None
+
+
 # --- migrations: append only -------------------------------------------------------------------------------
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
@@ -755,6 +765,22 @@ class Store:
                     (path, sha256, json.dumps(probe), json.dumps(warnings), now, now, job_id)
                     for job_id, path, sha256, probe, warnings in placed
                 ],
+            )
+
+    def done_videos(self) -> list[DoneVideo]:
+        """Every done job's video as recorded (a light read: a resume of 100,000 jobs looks at each)."""
+        rows = self.db.execute(
+            "SELECT id, video_path, json_extract(probe, '$.bytes'), sha256 FROM jobs WHERE state = 'done' ORDER BY idx"
+        )
+        return [DoneVideo(row[0], row[1] or f"videos/{row[0]}.mp4", row[2], row[3]) for row in rows]
+
+    def redownload(self, job_id: str, reason: str, now: float) -> None:
+        """A done job whose video is gone or damaged: back to downloading its paid clip (never to a new submit)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'downloading', video_path = NULL, sha256 = NULL, probe = NULL, reason = ?, "
+                "download_failures = 0, not_before = 0, updated_at = ? WHERE id = ? AND state = 'done'",
+                (reason, now, job_id),
             )
 
     def mark_skipped(self, job_id: str, reason: str, now: float) -> None:
