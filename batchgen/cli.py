@@ -459,7 +459,8 @@ def _run(args: argparse.Namespace) -> int:
             result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress))
         finally:
             progress.close()
-        store.set_meta(last_run={"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code})
+        last_run = {"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code}
+        store.set_meta(last_run={**last_run, "stop": result.stop_message})
         write_report(store, run_dir)
     _print_result(result, root, stop_said=progress.stop_said)
     return int(result.exit_code)
@@ -668,8 +669,9 @@ def _print_result(result: RunResult, root: Path, *, stop_said: bool) -> None:
     print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}; open {root / 'index.html'}")
     if result.stop_message and not stop_said:
         print(result.stop_message, file=sys.stderr)
+    retry = "--lost` pays again for the lost ones" if counts["lost"] else "--failed` tries again"
     hints = {
-        ExitCode.JOBS_FAILED: f"see `batchgen status --out {root}`; `batchgen retry --out {root} --failed` tries again",
+        ExitCode.JOBS_FAILED: f"see `batchgen status --out {root}`; `batchgen retry --out {root} {retry}",
         ExitCode.BUDGET: "jobs were left for the budget or the deadline: raise --budget and run again to go on",
         ExitCode.PROVIDER: "fix the cause (key, credits, model, network), then run again: finished jobs are not paid "
         "again",

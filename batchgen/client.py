@@ -47,6 +47,7 @@ MAX_ERROR_BYTES = 64 << 10  # an error body is read up to this much (whole, when
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+REDACTED = "[the API key]"  # what stands where the provider quoted the key
 SHORTEST_REDACTED_KEY = 6  # a shorter "key" (a test's "k") would blank every such letter of every message
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -159,7 +160,33 @@ class Client:
         """``text`` without the key."""
         if len(self._key) < SHORTEST_REDACTED_KEY:
             return text
-        return text.replace(self._key, "[the API key]")
+        return text.replace(self._key, REDACTED)
+
+    def scrub(self, body: bytes) -> bytes:
+        """A body as received, without the key: done before anything of it is cut, parsed or quoted (a quote cut
+        short would keep part of the key)."""
+        if len(self._key) < SHORTEST_REDACTED_KEY:
+            return body
+        return body.replace(self._key.encode(), REDACTED.encode())
+
+    def _keyless(self, url: str | None) -> str | None:
+        """A video URL the provider named, refused when it carries the key: it would be stored, and sent to the host
+        it names (the key goes only to the hosts the user named)."""
+        if url is not None and REDACTED in url:  # the answer's key was scrubbed when it was read: it was there
+            raise _protocol("the provider named a video URL that carries the API key: it is not used")
+        return url
+
+    def _row(self, row: HistoryRow) -> HistoryRow:
+        """A history row whose generation URL carries the key has none usable."""
+        if row.generation_url and REDACTED in row.generation_url:
+            return replace(row, generation_url=None)
+        return row
+
+    def _reason(self, exc: BaseException) -> str:
+        """An error of aiohttp in a few words (its text stripped of the key, then cut)."""
+        name = type(exc).__name__
+        text = self.redact(str(exc)).split("\n", 1)[0][:200]
+        return f"{name}: {text}" if text else name
 
     def trusts(self, url: str | URL) -> bool:
         """Whether ``url`` is on an origin the user sent the key to."""
@@ -174,7 +201,7 @@ class Client:
             "submit", "POST", f"{self.base_url}/v2/{self.model}", self.timeouts.submit_s, json=payload
         ) as response:
             try:
-                data = await _json_of(response, "submit")
+                data = await _json_of(response, "submit", scrub=self.scrub)
             except AnswerError as exc:  # a 200 we cannot read may still have started (and billed) a generation
                 raise AnswerError(replace(exc.decision, billed="unknown", status=200)) from None
         request_id = data.get("request_id")
@@ -196,7 +223,7 @@ class Client:
     async def status(self, request_id: str) -> str:
         """The request's status: QUEUED, PROCESSING or COMPLETED (FAILED raises, as the provider answers 422)."""
         async with self._exchange("poll", "GET", self.status_url(request_id), self.timeouts.poll_s) as response:
-            data = await _json_of(response, "status")
+            data = await _json_of(response, "status", scrub=self.scrub)
         status = str(data.get("status", "")).upper()
         if status == "FAILED":
             raise AnswerError(_failed(data))
@@ -208,14 +235,15 @@ class Client:
     async def result(self, request_id: str) -> Completed | None:
         """The video URL and the cost of a request, or ``None`` while it is not completed."""
         async with self._exchange("result", "GET", self.result_url(request_id), self.timeouts.poll_s) as response:
-            data = await _json_of(response, "result")
+            data = await _json_of(response, "result", scrub=self.scrub)
         status = str(data.get("status", "")).upper()
         if status == "FAILED":
             raise AnswerError(_failed(data))
         if status != "COMPLETED":
             return None
         metrics = data["metrics"] if isinstance(data.get("metrics"), dict) else {}
-        return Completed(_str(data.get("request_id")), _video_url(data), *parse_cost(metrics.get("cost")))
+        video_url = self._keyless(_video_url(data))
+        return Completed(_str(data.get("request_id")), video_url, *parse_cost(metrics.get("cost")))
 
     # --- v1 -----------------------------------------------------------------------------------------------
 
@@ -235,10 +263,12 @@ class Client:
                 await self._stream(response, sink)
                 return billed
             if response.content_type != "application/json":
-                head = await _read_capped(response, 200)
+                head = self.scrub(await _read_capped(response, 200))
                 raise _protocol(f"the answer is neither a video nor JSON ({response.content_type}): {_text(head)}")
-            data = await _json_of(response, "submit", limit=self.max_video_bytes * 4 // 3 + MAX_JSON_BYTES)
-        video_url = _video_url(data)
+            data = await _json_of(
+                response, "submit", limit=self.max_video_bytes * 4 // 3 + MAX_JSON_BYTES, scrub=self.scrub
+            )
+        video_url = self._keyless(_video_url(data))
         if video_url:
             return replace(billed, video_url=video_url)
         encoded = data.get("output") or data.get("video")
@@ -259,7 +289,7 @@ class Client:
             raise AnswerError(Decision("fail_job", "no", f"the video URL is not http(s): {url[:100]}"))
         async with self._exchange("download", "GET", url, None) as response:
             if response.content_type in ("text/html", "application/json", "text/plain"):
-                head = await _read_capped(response, 200)
+                head = self.scrub(await _read_capped(response, 200))
                 raise _protocol(f"the download is not a video ({response.content_type}): {_text(head)}")
             return await self._stream(response, sink)
 
@@ -267,7 +297,7 @@ class Client:
     async def credits(self) -> float:
         """``GET /v1/get-user-credits``: the account's balance in USD (credits + free credits)."""
         async with self._exchange("credits", "GET", f"{self.base_url}/v1/get-user-credits", 30.0) as response:
-            data = await _json_of(response, "credits")
+            data = await _json_of(response, "credits", scrub=self.scrub)
         try:
             return float(data.get("credits") or 0) + float(data.get("free-credits") or 0)
         except (TypeError, ValueError):
@@ -283,13 +313,13 @@ class Client:
         url = str(URL(self._history()) / HISTORY_PATH.strip("/") / request_id)
         try:
             async with self._exchange("history", "GET", url, 30.0) as response:
-                data = await _json_of(response, "history", whole=True)
+                data = await _json_of(response, "history", whole=True, scrub=self.scrub)
         except AnswerError as exc:
             if exc.decision.status == 404:
                 return None
             raise
         try:
-            return parse_row(data.get("data", data) if isinstance(data, dict) else data)
+            return self._row(parse_row(data.get("data", data) if isinstance(data, dict) else data))
         except HistoryShapeError as exc:
             raise _unreadable_history(exc) from None
 
@@ -315,14 +345,16 @@ class Client:
             }
             url = f"{self._history()}{HISTORY_PATH}"
             async with self._exchange("history", "GET", url, 30.0, params=query) as response:
-                data = await _json_of(response, "history", whole=True)
+                data = await _json_of(response, "history", whole=True, scrub=self.scrub)
             try:
                 parsed = parse_page(data, page, HISTORY_PER_PAGE)
             except HistoryShapeError as exc:
                 raise _unreadable_history(exc) from None
             for row in parsed.rows:
                 if row.created_at >= since and row.model in ("", self.model):
-                    rows.setdefault(row.request_id, row)  # a request with several outputs shows once per output
+                    rows.setdefault(
+                        row.request_id, self._row(row)
+                    )  # a request with several outputs shows once per output
             if not parsed.more:
                 return list(rows.values())
         raise _unreadable_history(HistoryShapeError(f"it still said there was more after {MAX_HISTORY_PAGES} pages"))
@@ -350,7 +382,7 @@ class Client:
                     raise _protocol(f"the video passed the cap of {self.max_video_bytes:,} bytes")
                 sink.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            message = f"the download broke after {received:,} bytes: {_reason(exc)}"
+            message = f"the download broke after {received:,} bytes: {self._reason(exc)}"
             raise AnswerError(Decision("retry", "no", message, cause="silence")) from None
         except _Stalled as exc:
             message = f"the download was abandoned after {received:,} bytes: {exc}"
@@ -367,21 +399,24 @@ class Client:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One request, its redirects followed here; a non-2xx answer or any error of aiohttp becomes an
         :class:`AnswerError`. The body is the caller's to read, inside the block."""
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # A download has no total bound (its size sets one, in ``_Pace``), but its headers and each read do: a host that
+        # never answers is given up after 1.5 progress windows (``_Pace`` says it first for a body).
+        read_s = self.timeouts.download_window_s * 1.5 if timeout_s is None else None
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=30.0, sock_read=read_s)
         try:
             response, keyed = await self._open(phase, method, URL(url, encoded="%" in url), timeout, kwargs)
             try:
                 if response.status >= 300:
-                    body = await _read_capped(response, MAX_ERROR_BYTES)
+                    body = self.scrub(await _read_capped(response, MAX_ERROR_BYTES))
                     raise AnswerError(self._refused(phase, response, body, keyed))
                 yield response
             finally:
                 response.release()
         except aiohttp.ClientConnectorError as exc:
             decision = classify(phase, None, {}, "unsent", self.clock())
-            raise AnswerError(decision.with_message(_reason(exc))) from None
+            raise AnswerError(decision.with_message(self._reason(exc))) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AnswerError(classify(phase, None, {}, "", self.clock()).with_message(_reason(exc))) from None
+            raise AnswerError(classify(phase, None, {}, "", self.clock()).with_message(self._reason(exc))) from None
 
     async def _open(
         self, phase: str, method: str, url: URL, timeout: aiohttp.ClientTimeout, kwargs: dict[str, Any]
@@ -406,7 +441,8 @@ class Client:
             hop = redirect(url, method, response.status, location)
             if isinstance(hop, str):
                 action = "fail_job" if phase == "download" else "retry"
-                raise AnswerError(Decision(action, "no", hop, response.status, cause="unreadable"))
+                refusal = redirect(url, method, response.status, self.redact(location))  # quoted: without the key
+                raise AnswerError(Decision(action, "no", str(refusal), response.status, cause="unreadable"))
             url, method = hop
             if method == "GET":
                 kwargs = {key: value for key, value in kwargs.items() if key not in ("json", "data")}
@@ -489,12 +525,6 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
     return (url.scheme, (url.host or "").lower(), url.port)
 
 
-def _reason(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = str(exc).split("\n", 1)[0][:200]
-    return f"{name}: {text}" if text else name
-
-
 def _failed(data: Mapping[str, Any]) -> Decision:
     """A FAILED generation, however it was told: the same decision as the provider's 422."""
     return Decision("retry", "no", str(data.get("error") or "the generation failed"), 422)
@@ -533,12 +563,19 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def _json_of(
-    response: aiohttp.ClientResponse, phase: str, limit: int = MAX_JSON_BYTES, *, whole: bool = False
+    response: aiohttp.ClientResponse,
+    phase: str,
+    limit: int = MAX_JSON_BYTES,
+    *,
+    scrub: Callable[[bytes], bytes],
+    whole: bool = False,
 ) -> Any:
-    """The answer's JSON, read to its end: an object (or, with ``whole``, any JSON value)."""
+    """The answer's JSON, read to its end and ``scrub``-bed of the key: an object (or, with ``whole``, any JSON
+    value)."""
     raw = await _read_body(response, limit)
     if raw is None:
         raise _protocol(f"the {phase} answer is larger than {limit:,} bytes")
+    raw = scrub(raw)
     try:
         data = json.loads(raw)
     except ValueError:

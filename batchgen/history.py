@@ -16,10 +16,12 @@ request is not there" (a row missed that way would be paid for twice). Pure func
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 ROW_KEYS = ("data", "items", "results")
@@ -55,14 +57,15 @@ class HistoryPage:
 
 
 def parse_page(data: Any, page: int, per_page: int) -> HistoryPage:
-    """One page of ``GET …/request-history`` (the ``page``-th, asked with ``per_page``)."""
+    """One page of ``GET …/request-history`` (the ``page``-th, asked with ``per_page``). Its rows must carry their
+    request body: a lost submit is found by it, and one that cannot be compared would be paid for again."""
     items = _rows_of(data)
-    rows = [parse_row(item) for item in items]
+    rows = [parse_row(item, need_body=True) for item in items]
     return HistoryPage(rows, _more(data, page, per_page, len(items)))
 
 
-def parse_row(item: Any) -> HistoryRow:
-    """One row (also the answer of ``GET …/request-history/{id}``)."""
+def parse_row(item: Any, *, need_body: bool = False) -> HistoryRow:
+    """One row (also the answer of ``GET …/request-history/{id}``, where the body is not needed)."""
     if not isinstance(item, Mapping):
         raise HistoryShapeError(f"a row is not an object: {_show(item)}")
     request_id = item.get("request_id") or item.get("requestId") or item.get("id")
@@ -71,16 +74,54 @@ def parse_row(item: Any) -> HistoryRow:
     created = next((item[key] for key in TIME_KEYS if item.get(key) is not None), None)
     if created is None:
         raise HistoryShapeError(f"a row has no creation time under {'/'.join(TIME_KEYS)} (its keys: {_keys(item)})")
+    body = _body(item.get("request_body"))
+    if need_body and not isinstance(body, Mapping):
+        raise HistoryShapeError(f"a row has no request_body object to compare (it has {_show(body)})")
     url = item.get("generation_url")
     return HistoryRow(
         request_id,
         str(item.get("model_name", "")),
-        str(item.get("model_status") or item.get("status") or "").upper(),
+        _status(item.get("model_status") or item.get("status")),
         cost_micros(item.get("credits_deduction")),
-        item.get("request_body"),
+        body,
         url if isinstance(url, str) and url.startswith(("http://", "https://")) else None,
         parse_time(created),
     )
+
+
+STATUSES = {
+    "COMPLETED": "COMPLETED",
+    "SUCCEEDED": "COMPLETED",
+    "SUCCESS": "COMPLETED",
+    "DONE": "COMPLETED",
+    "FAILED": "FAILED",
+    "FAILURE": "FAILED",
+    "ERROR": "FAILED",
+    "PENDING": "PENDING",
+    "QUEUED": "PENDING",
+    "PROCESSING": "PENDING",
+    "RUNNING": "PENDING",
+    "IN_PROGRESS": "PENDING",
+}
+
+
+def _status(value: Any) -> str:
+    """COMPLETED, FAILED or PENDING, from the likely words for each; any other is a shape it cannot read (a row
+    followed as "pending" for ever would be a wait without a bound)."""
+    status = STATUSES.get(str(value or "").strip().upper().replace("-", "_").replace(" ", "_"))
+    if status is None:
+        raise HistoryShapeError(f"a row's status {str(value)[:30]!r} is none of {', '.join(sorted(STATUSES))}")
+    return status
+
+
+def _body(value: Any) -> Any:
+    """A request body as sent: an object, or the same written as a JSON string."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def parse_time(value: Any) -> float:
@@ -99,7 +140,10 @@ def parse_time(value: Any) -> float:
         try:
             at = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise HistoryShapeError(f"a row's time is not a date-time: {value[:40]!r}") from None
+            try:
+                at = parsedate_to_datetime(text)  # RFC 1123, as HTTP frameworks write dates
+            except (TypeError, ValueError):
+                raise HistoryShapeError(f"a row's time is not a date-time: {value[:40]!r}") from None
         return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
     raise HistoryShapeError(f"a row's time is not a time: {_show(value)}")
 
@@ -155,8 +199,23 @@ def _more(data: Any, page: int, per_page: int, count: int) -> bool:
         return page * (_whole(data.get("per_page")) or per_page) < total
     for key in MORE_KEYS:
         if key in data:
-            return bool(data[key])
+            return _flag(data[key], key)
     return count >= per_page  # told nothing: a full page may be followed by another
+
+
+def _flag(value: Any, key: str) -> bool:
+    """``has_more``/``next`` as a boolean: true, false, "true", "false", 1, 0, null, or a next page's URL."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return value > 0  # 1/0, or the next page's number
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "false", "0", "no", "null", "none"):
+            return False
+        if text in ("true", "1", "yes") or text.startswith(("http://", "https://", "/", "?")):
+            return True
+    raise HistoryShapeError(f"{key} is neither a flag nor a link: {_show(value)}")
 
 
 def _whole(value: Any) -> int | None:

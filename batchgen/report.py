@@ -52,6 +52,7 @@ def status_data(store: Store) -> dict[str, Any]:
         ],
         "possibly_billed_twice": twice,
         "history_trouble": store.get_meta("history_trouble"),
+        "last_run": store.get_meta("last_run"),
         "charged_above_estimate": _above_estimate(store),
         "not_in_manifest": [{"job": job_id, "state": state} for job_id, state in gone],
     }
@@ -93,6 +94,9 @@ def status_text(data: dict[str, Any]) -> str:
     for row in data["in_flight"]:
         problem = f"  (last problem: {row['last_problem']})" if row["last_problem"] else ""
         lines.append(f"  in flight  {row['job']}  {row['state']}  request {row['request_id'] or '-'}{problem}")
+    last = data["last_run"] or {}
+    if last.get("stop"):
+        lines.append(f"  last run (exit {last['exit_code']}): {last['stop']}")
     above = data["charged_above_estimate"]
     if above["attempts"]:
         lines.append(f"  warning: {_above_text(above)}")

@@ -82,6 +82,7 @@ class RunSettings:
     unreachable_pause_s: float = 5.0  # submits wait this long after a connection to the API's host failed
     credits_tries: int = 3  # the balance asked this often (a second apart) before an unreachable host stops the run
     max_unreadable_polls: int = 6  # a request's status unreadable this often in a row: asked elsewhere, or given up
+    poll_give_up_s: float = 3600.0  # no usable status answer this long (5xx, silence): asked elsewhere, or given up
     heartbeat_s: float = 10.0  # how often the run tells its state it is alive (the state's owner)
     submit: bool = True  # False: only follow, download and repair what is paid (``batchgen verify --repair``)
     seed: int | None = None
@@ -237,6 +238,7 @@ class Runner:
         self._started_at = clock()
         self._prices = store.prices_seen()  # per price class, the highest cost the provider told in this state
         self._poll_failures: dict[str, int] = {}  # unreadable status answers in a row, per watched job
+        self._last_heard: dict[str, float] = {}  # per watched job, when a poll last got a usable answer
         self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
 
     # --- the whole run ------------------------------------------------------------------------------------
@@ -382,8 +384,8 @@ class Runner:
         """The balance against the estimate of what is left; the first word with the provider, so a host that cannot
         be reached at all (a typo in the base URL, no network) stops the run here, in seconds."""
         todo = sum(job.estimate_micros for job in self.store.jobs(["pending"]) if job.in_manifest)
-        if todo == 0:
-            return
+        if not todo and not self._busy():
+            return  # nothing to ask the provider for
         for tries_left in range(self.settings.credits_tries - 1, -1, -1):
             try:
                 balance = await self.client.credits()
@@ -400,7 +402,7 @@ class Runner:
                 else:
                     self._event("warning", None, f"! could not read the account balance: {exc.decision.message}")
                 return
-        if balance * 1_000_000 < todo:
+        if todo and balance * 1_000_000 < todo:
             self._event(
                 "warning",
                 None,
@@ -714,7 +716,11 @@ class Runner:
                 outcome="lost",
                 next_state="lost",
                 status=decision.status,
-                message=f"the provider no longer knows request {current.request_id}: {decision.message}",
+                message=(
+                    f"the provider no longer knows request {current.request_id}: {decision.message}"
+                    if decision.status == 404
+                    else decision.message
+                ),
                 now=now,
             )
             if not await self._from_history(job.id):
@@ -815,6 +821,7 @@ class Runner:
                 await self._poll_failed(job, exc.decision)
                 return
         self._poll_failures.pop(job.id, None)
+        self._last_heard[job.id] = self.clock()
         if completed is None:
             return
         self.past_ttl.discard(job.id)
@@ -854,8 +861,8 @@ class Runner:
             self._event("info", job.id, f"↻ request {job.request_id} past its TTL: following it in the history")
         elif decision.action in ("lost", "fail_job") or decision.status == 422:
             await self._stop_watching(job, decision)
-        elif decision.cause == "unreachable":
-            self._unreachable(decision)  # the host's outage, not this request's: the run stops if it lasts
+        elif decision.cause == "unreachable" and job.id not in self.past_ttl:
+            self._unreachable(decision)  # the API host's outage, not this request's: the run stops if it lasts
         else:
             await self._poll_trouble(job, decision)
 
@@ -867,17 +874,26 @@ class Runner:
         await self._attempt_failed(job, decision, slot_held=slot_held)
 
     async def _poll_trouble(self, job: JobRow, decision: Decision) -> None:
-        """A poll answered something unusable (junk, 5xx, silence, a host without the key). Asked again at the next
-        poll; after ``max_unreadable_polls`` in a row, the request is followed in the request history instead, and
-        when that cannot tell either, the attempt ends ``lost``, the answer quoted (only ``retry --lost`` pays again).
-        """
-        failures = self._poll_failures.get(job.id, 0) + 1
+        """A poll got no usable answer: asked again at the next poll, the problem shown by ``status``. After
+        ``max_unreadable_polls`` answers in a row it cannot read (junk, a host without the key), or nothing usable for
+        ``poll_give_up_s`` (5xx, silence: an outage of the status endpoint is waited out that long), the request is
+        followed in the request history instead; when that cannot tell either, the attempt ends ``lost``, the answer
+        quoted (only ``retry --lost`` pays again)."""
+        now = self.clock()
+        failures = self._poll_failures.get(job.id, 0) + (decision.cause == "unreadable")
         self._poll_failures[job.id] = failures
-        if failures < self.settings.max_unreadable_polls:
-            return
-        del self._poll_failures[job.id]
+        silent_s = now - self._last_heard.setdefault(job.id, now)
         where = "request history" if job.id in self.past_ttl else "status endpoint"
-        trouble = f"the {where} could not be read {failures} times in a row (last: {decision.message})"
+        if failures < self.settings.max_unreadable_polls and silent_s < self.settings.poll_give_up_s:
+            self.store.note_problem(job.id, f"the {where}: {decision.message}", now)
+            return
+        self._poll_failures.pop(job.id, None)
+        self._last_heard[job.id] = now
+        trouble = (
+            f"the {where} could not be read {failures} times in a row (last: {decision.message})"
+            if failures >= self.settings.max_unreadable_polls
+            else f"the {where} gave no usable answer for {silent_s:.0f} s (last: {decision.message})"
+        )
         if self.client.history_url and job.id not in self.past_ttl:
             self.past_ttl.add(job.id)
             self._event("warning", job.id, f"! request {job.request_id}: {trouble}: following it in the history")

@@ -774,6 +774,11 @@ class Store:
         )
         return [DoneVideo(row[0], row[1] or f"videos/{row[0]}.mp4", row[2], row[3]) for row in rows]
 
+    def note_problem(self, job_id: str, message: str, now: float) -> None:
+        """The last problem of a job in flight (a poll that failed, say), for ``status``; the job stays as it is."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ?", (message, now, job_id))
+
     def redownload(self, job_id: str, reason: str, now: float) -> None:
         """A done job whose video is gone or damaged: back to downloading its paid clip (never to a new submit)."""
         with self.transaction() as db:

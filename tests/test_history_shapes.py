@@ -105,3 +105,38 @@ def test_one_unreadable_row_makes_the_page_unreadable() -> None:
 def test_costs_that_are_no_number_are_unknown_not_zero() -> None:
     for value in ("n/a", None, -1, float("nan"), 1e9):
         assert parse_row(_row(credits_deduction=value)).cost_micros is None
+
+
+def test_a_body_written_as_json_text_is_read_and_a_row_without_one_cannot_be_matched() -> None:
+    (row,) = parse_page({"data": [_row(request_body='{"prompt": "x"}')]}, 1, 100).rows
+    assert row.request_body == {"prompt": "x"}
+    with pytest.raises(HistoryShapeError, match="no request_body object to compare"):
+        parse_page({"data": [_row(request_body=None)]}, 1, 100)
+    assert parse_row(_row(request_body=None)).request_id == "r1"  # one request by id needs no body
+
+
+@pytest.mark.parametrize(("flag", "more"), [("false", False), ("true", True), (0, False), (3, True), ("", False)])
+def test_flags_written_as_text_or_numbers(flag: Any, more: bool) -> None:
+    assert parse_page({"results": [ROW], "has_more": flag}, 1, 100).more is more
+
+
+def test_a_flag_that_is_neither_is_unreadable() -> None:
+    with pytest.raises(HistoryShapeError, match="neither a flag nor a link"):
+        parse_page({"results": [ROW], "has_more": {"maybe": True}}, 1, 100)
+
+
+@pytest.mark.parametrize(
+    ("word", "status"),
+    [("SUCCEEDED", "COMPLETED"), ("error", "FAILED"), ("in-progress", "PENDING"), ("queued", "PENDING")],
+)
+def test_the_likely_words_for_a_status(word: str, status: str) -> None:
+    assert parse_row(_row(model_status=word)).status == status
+
+
+def test_a_status_it_does_not_know_is_unreadable_not_pending_for_ever() -> None:
+    with pytest.raises(HistoryShapeError, match="status 'ARCHIVED' is none of"):
+        parse_row(_row(model_status="ARCHIVED"))
+
+
+def test_http_dates() -> None:
+    assert parse_time("Fri, 15 Jan 2027 08:00:00 GMT") == AT

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from batchgen import expand, load_manifest
-from batchgen.client import Client
+from batchgen.client import Client, Timeouts
 from batchgen.errors import ExitCode
 from batchgen.launch import open_run
 from batchgen.runner import Runner, RunResult, RunSettings
@@ -84,7 +84,10 @@ async def _run(server: Hostile, tmp_path: Path, write_manifest, **settings: obje
     options = {"poll_interval_s": 0.01, "backoff_base_s": 0.0, "max_attempts": 2, "rpm": 1000, **settings}
     with open_run(tmp_path / "out", manifest, expand(manifest), None) as (run_dir, store):
         max_bytes = int(options.pop("max_video_bytes", 2 << 30))  # type: ignore[call-overload]
-        async with Client(server.base_url, "k", manifest.model.slug, max_video_bytes=max_bytes) as client:
+        timeouts: Timeouts | None = options.pop("timeouts", None)  # type: ignore[assignment]
+        key = str(options.pop("key", "k"))
+        client = Client(server.base_url, key, manifest.model.slug, max_video_bytes=max_bytes, timeouts=timeouts)
+        async with client:
             return await Runner(store, run_dir, client, manifest.model, RunSettings(**options)).run()  # type: ignore[arg-type]
 
 
@@ -242,3 +245,63 @@ async def test_a_cost_that_is_no_price_is_replaced_by_the_estimate_and_said(
     _, attempts = _job(tmp_path)
     assert result.exit_code == ExitCode.OK and attempts[-1].settled_micros == settled
     assert ("which is no price: counted at its estimate, $0.504" in (tmp_path / "out" / "run.log").read_text()) is said
+
+
+async def test_a_video_host_that_never_answers_is_given_up_and_asked_again(hostile, tmp_path, write_manifest) -> None:
+    import asyncio
+
+    calls = []
+    released = asyncio.Event()
+
+    async def silent_once(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        if len(calls) == 1:
+            await released.wait()  # no headers until the test is over
+        return web.Response(body=CLIP, content_type="video/mp4")
+
+    server = await hostile(video=silent_once)
+    result = await _run(server, tmp_path, write_manifest, timeouts=Timeouts(download_window_s=0.2))
+    released.set()
+    job, _ = _job(tmp_path)
+    assert result.exit_code == ExitCode.OK and job.state == "done" and len(calls) == 2
+    assert "↻ download again in" in (log := (tmp_path / "out" / "run.log").read_text()) and "Timeout on reading" in log
+
+
+KEY = "sk-SECRETKEY-0123456789abcdef"
+
+
+def _no_part_of_the_key_in(root: Path) -> None:
+    pieces = {KEY[i : i + 8] for i in range(len(KEY) - 7)}
+    for file in root.rglob("*"):
+        if file.is_file():
+            data = file.read_bytes()
+            assert not any(piece.encode() in data for piece in pieces), file
+
+
+async def test_a_long_message_quoting_the_key_leaves_no_part_of_it(hostile, tmp_path, write_manifest) -> None:
+    """The key is taken out of what the provider said before anything of it is cut to length."""
+    words = "x" * 285 + " key=" + KEY
+    server = await hostile(submit=_answer(f'{{"error": "{words}"}}', "application/json", status=500))
+    await _run(server, tmp_path, write_manifest, key=KEY)
+    job, _ = _job(tmp_path)
+    assert job.state == "failed" and "key=[the API k" in (job.reason or "")
+    _no_part_of_the_key_in(tmp_path / "out")
+
+
+async def test_a_video_url_that_carries_the_key_is_never_used_or_stored(hostile, tmp_path, write_manifest) -> None:
+    async def leaky(request: web.Request) -> web.StreamResponse:
+        url = f"http://{request.host}/files/v.mp4?api_key={KEY}"
+        return web.json_response({"status": "COMPLETED", "output": url, "metrics": {}})
+
+    fetched = []
+
+    async def video(request: web.Request) -> web.StreamResponse:
+        fetched.append(request.query_string)
+        return web.Response(body=CLIP, content_type="video/mp4")
+
+    server = await hostile(result=leaky, video=video)
+    await _run(server, tmp_path, write_manifest, key=KEY, max_unreadable_polls=2)
+    job, _ = _job(tmp_path)
+    assert job.state == "lost" and "carries the API key" in (job.reason or "")
+    assert fetched == []
+    _no_part_of_the_key_in(tmp_path / "out")

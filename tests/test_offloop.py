@@ -179,6 +179,30 @@ async def test_a_download_trickling_a_byte_a_second_is_abandoned_and_fetched_aga
     assert "the download was abandoned after 0 bytes" in (out / "run.log").read_text()
 
 
+async def test_a_download_under_the_floor_is_abandoned_though_bytes_keep_coming(
+    make_sim, write_manifest, tmp_path: Path
+) -> None:
+    """20 bytes a second: every read gets something (a read timeout would wait for ever), the floor says no."""
+    sim = await make_sim(SimSettings(stall_gap_s=0.05), FaultPlan(script=parse_script("download:1=stall")))
+    out = tmp_path / "out"
+    timeouts = Timeouts(download_floor_bps=4096, download_window_s=0.3)
+    result = await run_in_process(write_manifest(batch_manifest(2)), out, sim, timeouts=timeouts)
+    assert result.exit_code == ExitCode.OK and _ledger_of(sim) == (2, {})
+    assert "under the floor of 4,096 bytes a second" in (out / "run.log").read_text()
+
+
+async def test_a_status_endpoint_down_for_a_while_is_waited_out_not_given_up(
+    make_sim, write_manifest, tmp_path: Path
+) -> None:
+    """24 polls answered 502 (an outage of the status endpoint), no history: every paid clip still comes home."""
+    script = ",".join(f"status:{n}=502" for n in range(1, 25))
+    sim = await make_sim(faults=FaultPlan(script=parse_script(script)))
+    out = tmp_path / "out"
+    result = await run_in_process(write_manifest(batch_manifest(4)), out, sim, history=False)
+    assert result.exit_code == ExitCode.OK and _ledger_of(sim) == (4, {})
+    assert_all_done(out, 4)
+
+
 async def test_unreadable_status_answers_are_followed_in_the_history(make_sim, write_manifest, tmp_path) -> None:
     sim = await make_sim(faults=FaultPlan(rates={"junk_status": 1.0}))
     out = tmp_path / "out"

@@ -140,7 +140,7 @@ class Simulator:
         settings: SimSettings | None = None,
         faults: FaultPlan | None = None,
         clock: Callable[[], float] = time.time,
-        journal: Path | None = None,
+        journal: Path | str | None = None,
     ) -> None:
         self.settings = settings or SimSettings()
         self.faults = faults or FaultPlan(seed=self.settings.seed)
@@ -153,7 +153,7 @@ class Simulator:
         self.hits: Counter[str] = Counter()  # every HTTP request, by route name, whatever its answer
         self._random = random.Random(f"{self.settings.seed}:latency")
         self._closed = asyncio.Event()  # set by close(): a stalled download stops instead of holding the shutdown up
-        self.journal = Journal(journal) if journal is not None else None
+        self.journal = Journal(Path(journal)) if journal is not None else None
         if self.journal is not None:
             self._replay(self.journal.replay())
         # Outermost first: every request is counted; error bodies get the key before the body is trickled.
@@ -729,7 +729,7 @@ async def running_simulator(
     faults: FaultPlan | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
-    journal: Path | None = None,
+    journal: Path | str | None = None,
 ) -> AsyncIterator[Simulator]:
     """A simulator serving on ``host:port`` for the duration of the block; its URL is ``.base_url``. With a
     ``journal``, it carries on from the books the file holds and keeps them there."""
