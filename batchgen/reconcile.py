@@ -9,18 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchgen import journal
 from batchgen.canonical import canonical_json
 from batchgen.client import Client
 from batchgen.outputs import RunDir
 from batchgen.pricing import usd
 from batchgen.store import Store
 
+WINDOW_SKEW_S = 2.0  # run.log's times are whole seconds, and the provider's clock may differ a little
+
 
 async def reconcile(store: Store, client: Client, run_dir: RunDir | None = None) -> dict[str, Any]:
     """The comparison, as JSON data; ``agree`` says whether the books match."""
     attempts = store.all_attempts()
-    since = min((a.started_at for a in attempts), default=None)
+    # From the run directory's first start (run.log's first line, outside the state's WAL): a state that lost rows
+    # would otherwise start the window after what it lost.
+    first = journal.first_time(run_dir.run_log) if run_dir is not None else None
+    starts = [a.started_at for a in attempts] + ([first - WINDOW_SKEW_S] if first is not None else [])
+    since = min(starts, default=None)
     rows = await client.history_since(since) if since is not None else []
+    named = journal.read_requests(run_dir.run_log).requests if run_dir is not None else {}
+    job_of = {request_id: job_id for job_id, request_id in named.items()}
     billed = {row.request_id: row for row in rows if row.status == "COMPLETED" and (row.cost_micros or 0) > 0}
     paid = {a.request_id: a for a in attempts if a.request_id and a.money == "settled"}
     by_payload = {canonical_json(job.payload): job.id for job in store.jobs()}
@@ -29,6 +38,7 @@ async def reconcile(store: Store, client: Client, run_dir: RunDir | None = None)
             "request_id": row.request_id,
             "cost_usd": usd(row.cost_micros or 0),
             "job": by_payload.get(canonical_json(row.request_body)),
+            "in_run_log": job_of.get(row.request_id),
         }
         for row in billed.values()
         if row.request_id not in paid
@@ -61,6 +71,8 @@ def reconcile_text(data: dict[str, Any]) -> str:
     ]
     for row in data["billed_unknown_to_state"]:
         job = f" (job {row['job']}, by its payload)" if row["job"] else ""
+        if row.get("in_run_log"):
+            job = f" (job {row['in_run_log']}: run.log names it; the state lost it)"
         lines.append(
             f"  billed by the provider, unknown to the state: request {row['request_id']} ${row['cost_usd']}{job}"
         )

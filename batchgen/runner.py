@@ -34,8 +34,9 @@ from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
 from batchgen.client import AnswerError, Client, Completed
 from batchgen.decisions import Decision
-from batchgen.errors import BatchgenError, ExitCode, ProtocolError
+from batchgen.errors import BatchgenError, ExitCode, ProtocolError, StateError
 from batchgen.history import HistoryRow
+from batchgen.journal import read_requests
 from batchgen.models import Model
 from batchgen.outputs import (
     PartFile,
@@ -269,6 +270,7 @@ class Runner:
                 await self._cancel_tasks()
         finally:
             self._log.close()
+            self._journal_read()
         if self._failure is not None:
             raise self._failure
         return self._result()
@@ -320,6 +322,7 @@ class Runner:
         for job_id in self.store.recover(now):
             self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
             self._write_job_log(job_id)
+        self._adopt_from_journal(now)
         self.run_dir.remove_stale_parts()
         self._check_videos()
         self._refresh_logs()
@@ -327,6 +330,43 @@ class Runner:
             self._watch(job, now)
             self.slots.take()
             self._event("info", job.id, f"↻ re-attached to request {job.request_id}")
+
+    def _adopt_from_journal(self, now: float) -> None:
+        """Requests ``run.log`` names that the state does not know: it lost rows (a damaged WAL, a restored copy). A
+        job the state has as pending carries on with its request instead of being paid for again; any other is
+        said, for ``reconcile``. Only the log written since the state last read it is read (a state rolled back
+        reads from where it was then: what it lost is in that part)."""
+        journal = read_requests(self.run_dir.run_log, int(self.store.get_meta("run_log_offset", 0)))
+        known = self.store.owned_request_ids() if journal.requests else set()
+        for job_id, request_id in journal.requests.items():
+            if request_id in known:
+                continue
+            try:
+                job = self.store.job(job_id)
+            except StateError:
+                self._event("warning", job_id, f"! run.log names request {request_id} for a job the state lacks")
+                continue
+            if self.store.adopt_request(job_id, request_id, self._reservation(job), self.settings.transport, now):
+                self._event(
+                    "warning",
+                    job_id,
+                    f"! the state had lost request {request_id} (run.log names it): carried on with it, not submitted "
+                    "again",
+                )
+                self._write_job_log(job_id)
+            else:
+                self._event(
+                    "warning",
+                    job_id,
+                    f"! run.log names request {request_id}, which the state lost; the job is {job.state}: "
+                    "`batchgen reconcile` compares with the provider's books",
+                )
+        self.store.set_meta(run_log_offset=journal.end)
+
+    def _journal_read(self) -> None:
+        """The state knows every request this run logged: the next start reads the log from here."""
+        with contextlib.suppress(OSError, StateError):
+            self.store.set_meta(run_log_offset=self.run_dir.run_log.stat().st_size)
 
     async def _continue_downloads(self) -> None:
         """Paid clips a stop caught between the provider and ``done``: placed already (a stop between the rename and
@@ -645,6 +685,8 @@ class Runner:
         def on_billed(completed: Completed) -> None:
             now = self.clock()
             self.store.mark_billed_v1(job.id, completed.request_id or "", completed.cost_micros, now)
+            if completed.request_id:
+                self._event("submitted", job.id, f"→ billed: request {completed.request_id}")
             self._note_price(job, completed.cost_micros, completed.cost_note)
             self.polls.observe(now - posted_at)  # the answer's head: the generation is over
             billed.append(completed)

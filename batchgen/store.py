@@ -774,6 +774,36 @@ class Store:
         )
         return [DoneVideo(row[0], row[1] or f"videos/{row[0]}.mp4", row[2], row[3]) for row in rows]
 
+    def adopt_request(self, job_id: str, request_id: str, reserve_micros: int, transport: str, now: float) -> bool:
+        """A request ``run.log`` names for a job the state has as pending (the state lost rows: a damaged WAL, a
+        restored copy): the job carries on with it, in a new attempt, never submitted again. False when the job is
+        not pending (nothing to adopt it into)."""
+        with self.transaction() as db:
+            self._check_owner(db)
+            row = db.execute("SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'", (job_id,)).fetchone()
+            if row is None:
+                return False
+            cursor = db.execute(
+                "INSERT INTO attempts (job_id, number, transport, started_at, request_id, message, money, "
+                "reserved_micros) VALUES (?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                (
+                    job_id,
+                    row[0] + 1,
+                    transport,
+                    now,
+                    request_id,
+                    "named by run.log: the state had lost it",
+                    reserve_micros,
+                ),
+            )
+            db.execute("UPDATE money SET reserved_micros = reserved_micros + ?", (reserve_micros,))
+            db.execute(
+                "UPDATE jobs SET state = 'submitted', request_id = ?, open_attempt = ?, attempts_used = attempts_used "
+                "+ 1, submitted_at = ?, not_before = 0, reason = NULL, updated_at = ? WHERE id = ?",
+                (request_id, int(cursor.lastrowid or 0), now, now, job_id),
+            )
+        return True
+
     def note_problem(self, job_id: str, message: str, now: float) -> None:
         """The last problem of a job in flight (a poll that failed, say), for ``status``; the job stays as it is."""
         with self.transaction() as db:

@@ -111,3 +111,38 @@ async def test_a_killed_runs_directory_is_taken_over_with_a_message(make_sim, wr
     store = read_state(out)
     assert store.owner() is None  # let go at the end
     store.close()
+
+
+async def test_a_state_that_lost_rows_is_caught_by_run_log_not_trusted(make_sim, write_manifest, tmp_path) -> None:
+    """A kill, then a damaged WAL: the state rolls back to before four paid submits. reconcile names them (its
+    window starts at run.log's first line, not at the earliest attempt the state still has), and the next run
+    carries on with them (run.log names them): nothing is paid twice."""
+    sim = await make_sim(SimSettings(latency_s=0.5))
+    out = tmp_path / "out"
+    env = cli_env(sim)
+    args = ("--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--no-progress", "--history-lag-s", "1")
+    first = await run_cli_async("run", str(write_manifest(batch_manifest(2))), *args, env=env)
+    assert first.code == 0, first.stderr  # its state is checkpointed into state.db when it closes
+    path = write_manifest(batch_manifest(6, extra="concurrency: 6\n"))
+    second = await start_cli("run", str(path), *args, env=env)
+    async with asyncio.timeout(30):
+        while (out / "run.log").read_text().count("→ submitted") < 6:
+            await asyncio.sleep(0.02)
+    second.kill()
+    await second.wait()
+    (out / "state.db-wal").write_bytes(b"\0" * 64)  # garbled: SQLite drops it
+    (out / "state.db-shm").unlink(missing_ok=True)
+    store = read_state(out)
+    assert len(store.jobs()) == 2  # the four new jobs and their requests are gone from the state
+    store.close()
+    await asyncio.sleep(0.6)  # the four generations finish (and are charged) meanwhile
+    books = await run_cli_async("reconcile", "--out", str(out), env=env)
+    assert books.code == 1
+    assert books.stdout.count("run.log names it; the state lost it") == 4, books.stdout
+    again = await run_cli_async("run", str(path), *args, env=env)
+    assert again.code == 0, again.stderr
+    assert_all_done(out, 6)
+    assert len(sim.account().charges) == 6 and sim.account().paid_twice() == {}
+    assert (out / "run.log").read_text().count("the state had lost request") == 4
+    agreed = await run_cli_async("reconcile", "--out", str(out), env=env)
+    assert agreed.code == 0, agreed.stdout
