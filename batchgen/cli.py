@@ -38,15 +38,57 @@ if TYPE_CHECKING:
 KEY_ENV = "SEGMIND_API_KEY"  # the default of --api-key-env
 SIMULATOR_JOURNAL = "simulator.jsonl"  # the requests and ledger of a --simulate run's simulator, in its directory
 
-EXIT_CODES = """\
-exit codes:
-  0    all done
-  1    some jobs failed
-  2    usage or manifest error
-  3    stopped by the budget with jobs left
-  4    stopped by the provider (auth, insufficient credits, model gone, host unreachable)
-  130  interrupted
-"""
+EXIT_MEANINGS = {
+    0: "all done",
+    1: "some jobs failed (run, verify: some left bad; reconcile: the books differ)",
+    2: "usage or manifest error",
+    3: "stopped by the budget with jobs left",
+    4: "stopped by the provider (auth, insufficient credits, model gone, host unreachable)",
+    130: "interrupted",
+}
+# What each command can return, and two or three examples of it (its --help shows both).
+COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    "validate": ((0, 2), ("batchgen validate manifests/demo.yaml", "batchgen validate shots/*.yaml")),
+    "plan": ((0, 2), ("batchgen plan manifests/demo.yaml", "batchgen plan night.yaml --budget 25 --json")),
+    "run": (
+        (0, 1, 2, 3, 4, 130),
+        (
+            "batchgen run manifests/demo.yaml --simulate",
+            "SEGMIND_API_KEY=… batchgen run night.yaml --budget 25",
+            "batchgen run night.yaml --budget 25 --deadline 07:00 --concurrency 8",
+        ),
+    ),
+    "status": ((0, 2), ("batchgen status manifests/demo.yaml", "batchgen status --out output/demo --json")),
+    "report": ((0, 2), ("batchgen report manifests/demo.yaml",)),
+    "reconcile": (
+        (0, 1, 2, 4),
+        ("batchgen reconcile night.yaml", "batchgen reconcile --out output/demo --simulate"),
+    ),
+    "retry": ((0, 2), ("batchgen retry night.yaml", "batchgen retry night.yaml --lost")),
+    "verify": ((0, 1, 2, 4), ("batchgen verify night.yaml", "batchgen verify night.yaml --repair")),
+    "simulate": (
+        (0, 2),
+        ("batchgen simulate --latency-s 0", "batchgen simulate --fault-rate 0.25 --trickle 700:4 --seed 7"),
+    ),
+}
+
+
+def exit_codes(codes: Sequence[int]) -> str:
+    """The lines of the exit-code table for ``codes``."""
+    return "exit codes:\n" + "".join(f"  {code:<4} {EXIT_MEANINGS[code]}\n" for code in codes)
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default, where it has one worth saying and its text does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        unsaid = default is None or default is False or default in ([], "") or default == argparse.SUPPRESS
+        if not action.option_strings or "default" in text or unsaid:
+            return text
+        return f"{text} (default {default})"
+
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,7 +96,9 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run batchgen with ``argv`` (default: the process's arguments) and return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, with its usage (not the top level's)
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -64,11 +108,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchgenError as exc:
         if args.debug:
             traceback.print_exc(file=sys.stderr)
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        say("error", str(exc))
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("error", "interrupted")
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # `batchgen status | head`: the reader had enough
+        sys.stderr.close()
+        return int(ExitCode.OK)
+
+
+def say(kind: str, message: str) -> None:
+    """One line on stderr in batchgen's one voice (see ``voice``)."""
+    print(voice(kind, message), file=sys.stderr, flush=True)
+
+
+def voice(kind: str, message: str) -> str:
+    """``batchgen: error: …`` or ``batchgen: warning: …``, the kind in colour on a terminal (none with ``NO_COLOR``
+    set, or when stderr is a file or a pipe)."""
+    label = f"{kind}:"
+    if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
+        label = f"\033[1;{COLOURS.get(kind, 0)}m{label}\033[0m"
+    return f"batchgen: {label} {message}"
+
+
+COLOURS = {"error": 31, "warning": 33}  # red, yellow (ANSI)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="batchgen",
         description="Run batches of paid text-to-video generations (Segmind Kling 3.0) overnight, "
         "within a hard budget, resumable after any failure.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_codes(sorted(EXIT_MEANINGS))
+        + "\nexamples:\n  batchgen run manifests/demo.yaml --simulate\n  batchgen COMMAND --help",
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error as well")
@@ -96,14 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_command(commands: Any, name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+    codes, examples = COMMANDS[name]
     command: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help_text,
         description=help_text,
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "".join(f"  {example}\n" for example in examples) + "\n" + exit_codes(codes),
+        formatter_class=_Help,
     )
-    command.set_defaults(handler=handler)
+    command.set_defaults(handler=handler, parser=command)
     return command
 
 
@@ -324,10 +390,19 @@ def _simulate(args: argparse.Namespace) -> int:
     for key, account in ledger.items():
         print(
             f"{key}: {len(account['requests'])} generation requests, {len(account['charges'])} charged, "
-            f"spent ${account['spent_usd']:.4f}, balance ${account['balance_usd']:.4f}, "
-            f"peak in progress {account['peak_in_progress']}, payloads paid twice {len(account['paid_twice'])}"
+            f"spent {format_usd(micros(account['spent_usd']))}, balance {format_usd(micros(account['balance_usd']))}, "
+            f"peak in progress {account['peak_in_progress']}{_repeats(account['paid_twice'])}"
         )
     return int(ExitCode.OK)
+
+
+def _repeats(paid_twice: dict[str, int]) -> str:
+    """What the provider can know of charges for one payload: that it was sent again, not why (the takes of a
+    shot send one payload on purpose; only the run's state tells them from a duplicate: `batchgen reconcile`)."""
+    again = sum(count - 1 for count in paid_twice.values())
+    if not again:
+        return ""
+    return f", {again} charge{'s' * (again != 1)} for a payload charged before (takes, or duplicates: reconcile tells)"
 
 
 def _kind_rate(item: str) -> tuple[str, float]:
@@ -375,7 +450,9 @@ def _add_run(commands: Any) -> None:
         metavar="URL",
         help="API base URL (default $SEGMIND_BASE_URL, the manifest's, else https://api.segmind.com)",
     )
-    command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
+    command.add_argument(
+        "--api-key-env", default=KEY_ENV, metavar="NAME", help="the environment variable holding the key"
+    )
     command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
     command.add_argument(
         "--history-url",
@@ -401,8 +478,8 @@ def _add_run(commands: Any) -> None:
         "--poll-interval-s",
         type=float,
         metavar="S",
-        help="seconds between polls of a submitted job until jobs were seen finishing; then the least gap before "
-        "the window in which they finish and the most after it (default 5)",
+        help="seconds between two polls of a submitted job (default 5); once jobs are seen finishing, polls gather "
+        "where they finish, at least this far apart before that window and at most this far after it",
     )
     command.add_argument(
         "--max-polls-per-s",
@@ -461,8 +538,9 @@ def _run(args: argparse.Namespace) -> int:
             progress.close()
         last_run = {"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code}
         store.set_meta(last_run={**last_run, "stop": result.stop_message})
+        twice = len(store.flagged()[0])
         write_report(store, run_dir)
-    _print_result(result, root, stop_said=progress.stop_said)
+    _print_result(result, root, stop_said=progress.stop_said, twice=twice)
     return int(result.exit_code)
 
 
@@ -602,7 +680,9 @@ class Progress:
         if not self.enabled or self.runner is None:
             return
         if event.kind in ("warning", "stop", "failed", "lost"):
-            self._say(f"{event.job_id}: {event.message}" if event.job_id else event.message)
+            text = event.message.removeprefix("! ")
+            quiet = event.kind == "warning" or text.startswith(("interrupted", "stopped submitting"))
+            self._say("warning" if quiet else "error", f"{event.job_id}: {text}" if event.job_id else text)
             self.stop_said = self.stop_said or event.kind == "stop"
         now = time.monotonic()
         if self.bar is not None:
@@ -650,11 +730,11 @@ class Progress:
         self.bar.n = finished
         self.bar.set_postfix_str(f"failed {failed}, in flight {flying}, {money}", refresh=True)
 
-    def _say(self, message: str) -> None:
+    def _say(self, kind: str, message: str) -> None:
         if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
+            self.bar.write(voice(kind, message), file=sys.stderr)
         else:
-            print(message, file=sys.stderr, flush=True)
+            say(kind, message)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -663,12 +743,14 @@ class Progress:
             self.bar.close()
 
 
-def _print_result(result: RunResult, root: Path, *, stop_said: bool) -> None:
+def _print_result(result: RunResult, root: Path, *, stop_said: bool, twice: int) -> None:
     counts = result.counts
     shown = ", ".join(f"{counts[state]} {state}" for state in counts if counts[state])
-    print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}; open {root / 'index.html'}")
+    doubt = f"; {twice} possibly billed twice (`batchgen reconcile` asks the provider)" if twice else ""
+    print(f"{root}: {shown}; spent {format_usd(result.money.spent_micros)}{doubt}; open {root / 'index.html'}")
     if result.stop_message and not stop_said:
-        print(result.stop_message, file=sys.stderr)
+        kind = "warning" if result.exit_code == ExitCode.INTERRUPTED else "error"
+        say(kind, result.stop_message)
     retry = "--lost` pays again for the lost ones" if counts["lost"] else "--failed` tries again"
     hints = {
         ExitCode.JOBS_FAILED: f"see `batchgen status --out {root}`; `batchgen retry --out {root} {retry}",
@@ -727,7 +809,9 @@ def _add_provider_flags(command: argparse.ArgumentParser, what: str) -> None:
     """The flags of a command that talks to the provider about an existing run (reconcile, verify --repair)."""
     command.add_argument("--base-url", metavar="URL", help="API base URL (as for run)")
     command.add_argument("--history-url", metavar="URL", help="the request history's URL (as for run)")
-    command.add_argument("--api-key-env", default=KEY_ENV, metavar="NAME", help=f"variable holding the key ({KEY_ENV})")
+    command.add_argument(
+        "--api-key-env", default=KEY_ENV, metavar="NAME", help="the environment variable holding the key"
+    )
     command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
     command.add_argument(
         "--simulate",
@@ -897,5 +981,6 @@ def _retry(args: argparse.Namespace) -> int:
     states = [state for state, wanted in (("failed", args.failed), ("lost", args.lost)) if wanted] or ["failed"]
     with open_state(_root_of(args), write=True) as (_, store):
         ids = store.requeue(states, time.time())
-    print(f"{len(ids)} job{'s' * (len(ids) != 1)} back in line ({' and '.join(states)}); `batchgen run` goes on")
+    line = f"{len(ids)} {' and '.join(states)} job{'s' * (len(ids) != 1)} back in line"
+    print(f"{line}: `batchgen run` with the run's manifest tries {'it' if len(ids) == 1 else 'them'} again")
     return int(ExitCode.OK)

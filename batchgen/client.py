@@ -107,7 +107,7 @@ def _redacting(
         try:
             return await method(client, *args, **kwargs)
         except AnswerError as exc:
-            raise AnswerError(exc.decision.with_message(client.redact(exc.decision.message))) from None
+            raise AnswerError(exc.decision.with_message(client.redact(exc.decision.message))) from exc
 
     return wrapper
 
@@ -321,7 +321,7 @@ class Client:
         try:
             return self._row(parse_row(data.get("data", data) if isinstance(data, dict) else data))
         except HistoryShapeError as exc:
-            raise _unreadable_history(exc) from None
+            raise _unreadable_history(exc) from exc
 
     @_redacting
     async def history_since(self, since: float) -> list[HistoryRow]:
@@ -349,7 +349,7 @@ class Client:
             try:
                 parsed = parse_page(data, page, HISTORY_PER_PAGE)
             except HistoryShapeError as exc:
-                raise _unreadable_history(exc) from None
+                raise _unreadable_history(exc) from exc
             for row in parsed.rows:
                 if row.created_at >= since and row.model in ("", self.model):
                     rows.setdefault(
@@ -383,7 +383,7 @@ class Client:
                 sink.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             message = f"the download broke after {received:,} bytes: {self._reason(exc)}"
-            raise AnswerError(Decision("retry", "no", message, cause="silence")) from None
+            raise AnswerError(Decision("retry", "no", message, cause="silence")) from exc
         except _Stalled as exc:
             message = f"the download was abandoned after {received:,} bytes: {exc}"
             raise AnswerError(Decision("retry", "no", message, cause="silence")) from None
@@ -414,9 +414,9 @@ class Client:
                 response.release()
         except aiohttp.ClientConnectorError as exc:
             decision = classify(phase, None, {}, "unsent", self.clock())
-            raise AnswerError(decision.with_message(self._reason(exc))) from None
+            raise AnswerError(decision.with_message(self._reason(exc))) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AnswerError(classify(phase, None, {}, "", self.clock()).with_message(self._reason(exc))) from None
+            raise AnswerError(classify(phase, None, {}, "", self.clock()).with_message(self._reason(exc))) from exc
 
     async def _open(
         self, phase: str, method: str, url: URL, timeout: aiohttp.ClientTimeout, kwargs: dict[str, Any]

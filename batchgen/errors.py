@@ -5,16 +5,18 @@
     BatchgenError                 exit_code
     ├── UsageError                    2   bad flags, missing key, nothing to do
     ├── ManifestError                 2   every problem of a manifest, each with FILE:LINE:COL
-    ├── StateError                    2   the run directory or its state file cannot be used
+    ├── StateError                    2   the run directory or its state file cannot be used (or another process
+    │   │                                 took the run over)
     │   └── RunLockedError            2   another run holds the directory
-    ├── OutputError                   2   a file could not be written (disk full, permissions)
-    └── ProviderError                 -   an answer of the provider (or of the network) that ends an attempt
-        ├── TransportError            -   no answer: connection refused, dropped, timed out
-        └── ProtocolError             -   an answer that does not follow the protocol (HTML for JSON, ...)
+    ├── OutputError                   2   a file could not be written (disk full, permissions, a symbolic link)
+    └── ProviderError                 4   an answer of the provider (or of the network) that ends an attempt
+        ├── client.AnswerError        4   the seam's own: every error of aiohttp, every non-2xx answer and every
+        │                                 answer it cannot read, mapped to a ``Decision`` (``decisions.py``)
+        └── ProtocolError             4   a download that is no video of the kind asked for (``outputs.py``)
 
-Only the CLI catches ``BatchgenError``, prints ``Name: message`` and exits with ``exit_code``. No message
-of this module ever contains the API key: messages are built from the provider's text and our own words,
-never from request headers.
+Only the CLI catches ``BatchgenError``, prints ``batchgen: error: message`` and exits with ``exit_code``. No
+message of this tree ever contains the API key: the client strips it from everything the provider says before any
+of it is quoted.
 """
 
 from __future__ import annotations
@@ -84,10 +86,6 @@ class ProviderError(BatchgenError):
     """An attempt ended on an answer (or a silence) of the provider."""
 
     exit_code = ExitCode.PROVIDER
-
-
-class TransportError(ProviderError):
-    """No usable answer arrived: the connection failed, dropped or timed out."""
 
 
 class ProtocolError(ProviderError):

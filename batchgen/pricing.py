@@ -70,9 +70,10 @@ def micros(amount_usd: float) -> int:
 
 
 def format_usd(micros_: int) -> str:
-    """µUSD as ``$1.26``, with up to four decimals where cents would hide a part (``$0.504``)."""
-    whole, _, fraction = f"{usd(micros_):,.4f}".partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+    """µUSD as ``$0.504``, ``$2.520``, ``$1,008.000``: always to the thousandth of a dollar, the precision of the
+    provider's prices ($0.168 a second), in every command, log and the gallery alike."""
+    sign = "-" if micros_ < 0 else ""
+    return f"{sign}${usd(abs(micros_)):,.3f}"
 
 
 @dataclass(frozen=True)

@@ -279,7 +279,7 @@ class Runner:
         """A signal: the first stops submitting and parks what is in flight; the second stops at once."""
         if self.stop.kind == "interrupt":
             self.stop.hard = True
-        self._stop("interrupt", "interrupted: the state is saved; run again to resume")
+        self._stop("interrupt", "interrupted: what is in flight is parked in the state")
 
     def _stop(self, kind: str, message: str) -> None:
         if self.stop.kind is None or kind == "interrupt":
@@ -446,7 +446,8 @@ class Runner:
             self._event(
                 "warning",
                 None,
-                f"! the balance (${balance:.2f}) is below the estimate of what is left ({format_usd(todo)})",
+                f"! the balance ({format_usd(round(balance * 1_000_000))}) is below the estimate of what is left "
+                f"({format_usd(todo)})",
             )
 
     # --- submitting ---------------------------------------------------------------------------------------

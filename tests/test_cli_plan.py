@@ -55,8 +55,8 @@ def test_plan_json_has_jobs_and_total() -> None:
 def test_plan_table_counts_jobs_that_fit_a_smaller_budget() -> None:
     result = run_cli("plan", str(MANIFESTS / "matrix.yaml"), "--budget", "5")
     assert result.returncode == 0, result.stderr
-    assert "16 jobs, 80 s of video, estimated $13.44" in result.stdout
-    assert "budget $5.00: 5 of 16 jobs fit" in result.stdout
+    assert "16 jobs, 80 s of video, estimated $13.440" in result.stdout
+    assert "budget $5.000: 5 of 16 jobs fit" in result.stdout
     assert result.stdout.count("over budget") == 11
 
 

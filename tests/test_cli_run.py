@@ -111,7 +111,7 @@ async def test_a_second_run_on_the_same_directory_names_the_first_ones_pid(make_
         await _wait_for_lines(out / "run.log", "→ submitted", 1)  # the first job, alone: it tells the price
         second = await run_cli_async(*args, env=cli_env(sim))
         assert second.code == 2
-        assert f"RunLockedError: another batchgen run (pid {first.pid}) is using {out}" in second.stderr
+        assert f"batchgen: error: another batchgen run (pid {first.pid}) is using {out}" in second.stderr
         status = await run_cli_async("status", "--out", str(out), env=cli_env(sim))
         assert status.code == 0 and "1 submitted" in status.stdout and "request" in status.stdout
     finally:
@@ -153,7 +153,7 @@ async def test_lost_jobs_come_back_only_through_retry_lost(make_sim, write_manif
     again = await run_cli_async(*args, env=cli_env(sim))
     assert again.code == 1 and sum(1 for r in sim.account().requests) == 1  # not paid again
     retry = await run_cli_async("retry", "--out", str(out), "--lost", env=cli_env(sim))
-    assert retry.code == 0 and "1 job back in line (lost)" in retry.stdout
+    assert retry.code == 0 and "1 lost job back in line" in retry.stdout
     sim.settings = SimSettings(latency_s=0, ttl_s=3600)
     third = await run_cli_async(*args, env=cli_env(sim))
     assert third.code == 0, third.stderr

@@ -35,4 +35,4 @@ async def test_simulate_serves_until_ctrl_c_and_prints_the_ledger() -> None:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
-    assert "k-test: 1 generation requests, 1 charged, spent $1.2600, balance $3.7400" in out
+    assert "k-test: 1 generation requests, 1 charged, spent $1.260, balance $3.740" in out

@@ -127,7 +127,7 @@ async def test_reconcile_agrees_after_a_clean_run_and_names_a_difference(make_si
     await run_in_process(path, out, sim)
     clean = await run_cli_async("reconcile", "--out", str(out), env=cli_env(sim))
     assert clean.code == 0, clean.stderr
-    assert "the books agree" in clean.stdout and "$1.5120 billed" in clean.stdout
+    assert "the books agree" in clean.stdout and "$1.512 billed" in clean.stdout
     async with aiohttp.ClientSession(headers=KEY) as http:  # a charge made outside the run, for a job's payload
         store = read_state(out)
         payload = store.jobs()[0].payload

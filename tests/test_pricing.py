@@ -30,10 +30,10 @@ def test_manifest_override_and_plan_budget() -> None:
 
 def test_format_usd() -> None:
     assert [format_usd(m) for m in (0, 504_000, 1_260_000, 8_400_000, 3_276_000, 42)] == [
-        "$0.00",
+        "$0.000",
         "$0.504",
-        "$1.26",
-        "$8.40",
+        "$1.260",
+        "$8.400",
         "$3.276",
-        "$0.00",
+        "$0.000",
     ]

@@ -46,7 +46,7 @@ async def test_an_output_directory_that_cannot_be_created(write_manifest, tmp_pa
     done = await run_cli_async(
         "run", str(write_manifest(batch_manifest(1))), "--simulate", "--out", str(blocker / "out"), env=cli_env(None)
     )
-    assert done.code == 2 and "OutputError: cannot create the run directory" in done.stderr
+    assert done.code == 2 and "batchgen: error: cannot create the run directory" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -61,7 +61,7 @@ async def test_an_output_directory_that_is_not_writable(write_manifest, tmp_path
         )
     finally:
         _mutable(parent)
-    assert done.code == 2 and "OutputError: cannot create the run directory" in done.stderr
+    assert done.code == 2 and "batchgen: error: cannot create the run directory" in done.stderr
 
 
 async def test_disk_full_while_writing_a_video(make_sim, write_manifest, tmp_path: Path, monkeypatch) -> None:
@@ -102,7 +102,11 @@ async def test_a_read_only_state_file(make_sim, write_manifest, tmp_path: Path) 
         done = await run_cli_async("run", str(path), "--out", str(out), "--no-progress", env=cli_env(sim))
     finally:
         _mutable(state)
-    assert done.code == 2 and "StateError" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        done.code == 2
+        and "batchgen: error: cannot write the state file" in done.stderr
+        and "Traceback" not in done.stderr
+    )
     assert state.read_bytes() == before
     assert_all_done(out, 2)
 
