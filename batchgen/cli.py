@@ -288,7 +288,7 @@ def _print_problems(error: ManifestError) -> None:
     for problem in error.problems:
         print(problem, file=sys.stderr)
     count = len(error.problems)
-    print(f"batchgen: {count} problem{'s' * (count != 1)} found; nothing was run", file=sys.stderr)
+    say("error", f"{count} problem{'s' * (count != 1)} found; nothing was run")
 
 
 def _add_simulate(commands: Any) -> None:

@@ -184,9 +184,10 @@ class Client:
 
     def _reason(self, exc: BaseException) -> str:
         """An error of aiohttp in a few words (its text stripped of the key, then cut)."""
-        name = type(exc).__name__
         text = self.redact(str(exc)).split("\n", 1)[0][:200]
-        return f"{name}: {text}" if text else name
+        if text:
+            return text
+        return "no answer in time" if isinstance(exc, TimeoutError) else f"the connection failed ({type(exc).__name__})"
 
     def trusts(self, url: str | URL) -> bool:
         """Whether ``url`` is on an origin the user sent the key to."""

@@ -112,6 +112,7 @@ def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Docum
     manifest = _build(doc, model, leave_out=broken_defaults)
     for shot in manifest.shots:
         if _at(structural, ("shots", shot.index)):
+            problems.extend(_broken_shot_problems(doc, manifest, shot, structural))
             continue
         problems.extend(_shot_problems(doc, manifest, shot, max_jobs))
     problems.extend(_duplicate_ids(doc, manifest))
@@ -324,6 +325,22 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
             continue
         seen.add(key)
         problems.extend(_request_problems(doc, manifest, shot, fields, origin))
+    return problems
+
+
+def _broken_shot_problems(doc: Document, manifest: Manifest, shot: Shot, structural: list[Problem]) -> list[Problem]:
+    """The rules a schema cannot state, on what of a shot the schema did accept: every problem of a file is
+    reported in one pass, not the next ones after the first are fixed."""
+    problems = _template_problems(doc, manifest, shot)
+    fields, origin = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
+
+    def sound(*names: str) -> bool:
+        return all(not _at(structural, origin[name]) for name in names if name in origin)
+
+    if sound("multi_prompt", "duration"):
+        problems.extend(_segment_problems(doc, manifest, fields, origin))
+    if sound("voice_ids", *TEMPLATE_FIELDS, "multi_prompt"):
+        problems.extend(_voice_problems(doc, fields, origin))
     return problems
 
 

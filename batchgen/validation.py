@@ -31,8 +31,13 @@ def make_validator(schema: dict[str, Any]) -> Draft202012Validator:
 def schema_problems(validator: Draft202012Validator, instance: Any, locate: Locate) -> list[Problem]:
     """Every error of ``instance`` against ``validator``, as problems placed by ``locate``."""
     problems: list[Problem] = []
-    for error in validator.iter_errors(instance):
+    errors = list(validator.iter_errors(instance))
+    # One message per fault: a value outside a list of choices is not also "not text" (enum says it all).
+    listed = {tuple(error.absolute_path) for error in errors if error.validator in ("enum", "const")}
+    for error in errors:
         path: Path_ = tuple(error.absolute_path)
+        if error.validator == "type" and path in listed:
+            continue
         if error.validator == "additionalProperties" and error.validator_value is False:
             problems.extend(_unknown_keys(error, path, locate))
             continue

@@ -89,6 +89,8 @@ def parse_document(raw: bytes, name: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "not valid YAML"
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+            reason = "a tab: YAML indents with spaces only; replace the tab with spaces"
         raise ManifestError([Problem(name, line, col, "", f"not valid YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([Problem(name, 1, 1, "", f"not valid YAML: {exc}")]) from None
@@ -187,3 +189,8 @@ class _Walker:
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.splitlines()
+    return lines[line][column] if line < len(lines) and column < len(lines[line]) else ""
