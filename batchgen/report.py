@@ -203,10 +203,9 @@ h1{margin:0 0 4px;font-size:22px}.stats{margin:0;color:#bbb}.stats b{color:#fff}
 nav{margin-top:8px}nav button{background:#2a2a2a;color:#eee;border:1px solid #444;border-radius:4px;
 padding:3px 10px;margin-right:4px;cursor:pointer}nav button.on{background:#3d6ee0;border-color:#3d6ee0}
 main{padding:8px 24px 40px}section h2{font-size:17px;margin:20px 0 8px;color:#ddd}
-.cards{display:flex;flex-wrap:wrap;gap:14px}
-.card{background:#1c1c1c;border:1px solid #333;border-radius:8px;width:300px;padding:10px;box-sizing:border-box}
-.card img{width:100%;height:170px;object-fit:contain;border-radius:4px;display:block;background:#000}
-.card video{width:100%}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:14px}
+.card{background:#1c1c1c;border:1px solid #333;border-radius:8px;padding:10px;box-sizing:border-box;min-width:0}
+.card video{width:100%;aspect-ratio:16/9;object-fit:contain;border-radius:4px;display:block;background:#000}
 .card h3{font-size:13px;margin:8px 0 2px;word-break:break-all;color:#9cf}
 .prompt{white-space:pre-wrap;margin:6px 0;color:#ddd}.meta{color:#aaa;font-size:13px;margin:0}
 .badge{display:inline-block;border-radius:3px;padding:0 6px;font-size:12px;background:#333}
@@ -270,14 +269,12 @@ def gallery_html(summary: dict[str, Any]) -> str:
 def _card(job: dict[str, Any]) -> str:
     state = job["state"]
     if state == "done" and job["video"]:
-        still = f'<img src="{_e(job["poster"])}" alt="still of {_e(job["id"])}">' if job["poster"] else "▶ play"
-        picture = (
-            f'<details><summary>{still}</summary><video controls preload="none" src="{_e(job["video"])}"></video>'
-            f"</details>"
-        )
+        poster = f' poster="{_e(job["poster"])}"' if job["poster"] else ""
+        # One click plays: the still is the video's own poster; nothing is fetched until then (preload=none).
+        picture = f'<video controls preload="none"{poster} src="{_e(job["video"])}" title="{_e(job["id"])}"></video>'
     else:
         picture = f'<p class="reason">{_e(job["reason"] or state)}</p>'
-    params = ", ".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in job["parameters"].items())
+    params = parameters_text(job["parameters"])
     duration = f"{job['duration_s']} s" if job["duration_s"] is not None else "-"
     warnings = "".join(f'<p class="warn">⚠ {_e(w)}</p>' for w in job["warnings"])
     twice = '<p class="warn">possibly billed twice</p>' if job["possibly_billed_twice"] else ""
@@ -288,6 +285,29 @@ def _card(job: dict[str, Any]) -> str:
         f"attempt{'s' * (job['attempts'] != 1)}</p>"
         f'<p class="prompt">{_e(job["prompt"])}</p><p class="meta">{_e(params)}</p>{warnings}{twice}</article>'
     )
+
+
+def parameters_text(parameters: dict[str, Any]) -> str:
+    """A job's request fields as a person reads them: ``5 s · 16:9 · audio · cfg 0.7 · 2 segments``."""
+    words = []
+    for name, value in parameters.items():
+        if name == "duration":
+            words.append(f"{value} s")
+        elif name == "aspect_ratio":
+            words.append(str(value))
+        elif name == "generate_audio":
+            words.append("audio" if value else "silent")
+        elif name == "cfg_scale":
+            words.append(f"cfg {value}")
+        elif name == "multi_prompt" and isinstance(value, list):
+            words.append(f"{len(value)} segment{'s' * (len(value) != 1)}")
+        elif name == "voice_ids" and isinstance(value, list):
+            words.append(f"voices {', '.join(map(str, value))}")
+        elif name == "negative_prompt":
+            words.append(f"avoid: {value}")
+        else:
+            words.append(f"{name.replace('_', ' ')}: {value if isinstance(value, str) else json.dumps(value)}")
+    return " · ".join(words)
 
 
 def _duration(seconds: float) -> str:

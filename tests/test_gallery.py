@@ -37,12 +37,14 @@ CHECK = """<!doctype html><html><body><pre id="result">pending</pre>
 <script>
 window.addEventListener('load', function () {
   var frame = document.getElementById('page'), doc = frame.contentDocument, win = frame.contentWindow;
-  var images = Array.from(doc.querySelectorAll('img'));
   document.getElementById('result').textContent = JSON.stringify({
     cards: doc.querySelectorAll('article.card').length,
     states: Array.from(doc.querySelectorAll('article.card')).map(function (c) { return c.dataset.state; }),
-    images: images.length,
-    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    posters: Array.from(doc.querySelectorAll('video[poster]')).map(function (v) { return v.getAttribute('poster'); }),
+    wrapped: doc.querySelectorAll('details video').length,
+    card_width: doc.querySelector('article.card').getBoundingClientRect().width,
+    main_width: doc.querySelector('main').getBoundingClientRect().width,
+    params: (doc.querySelector('.state-done .prompt + .meta') || {}).textContent || null,
     pwned: win.pwned === undefined ? null : win.pwned,
     scripts: doc.querySelectorAll('script').length,
     xss_text: Array.from(doc.querySelectorAll('.prompt')).some(function (p) {
@@ -126,7 +128,11 @@ async def test_the_gallery_in_a_real_browser(make_sim, write_manifest, tmp_path:
 
     page = await _render(out, tmp_path)
     assert page["cards"] == 6 and sorted(page["states"]) == ["done"] * 5 + ["failed"]
-    assert page["images"] == 5 and page["loaded"] == 5
+    # One click plays (the still is the video's poster, no wrapper to open first); the cards fill the width.
+    assert len(page["posters"]) == 5 and all((out / poster).stat().st_size > 0 for poster in page["posters"])
+    assert page["wrapped"] == 0
+    assert page["card_width"] > 300 and page["card_width"] * 3 > 0.9 * (page["main_width"] - 48)
+    assert page["params"] == "3 s · silent", page["params"]
     assert page["pwned"] is None and page["scripts"] == 1 and page["xss_text"]
     assert page["videos"] == 5
     assert "Invalid" in (page["reason"] or "") or "Error 400" in (page["reason"] or "")
