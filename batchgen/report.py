@@ -202,8 +202,8 @@ header{padding:16px 24px;background:#1b1b1b;border-bottom:1px solid #333;positio
 h1{margin:0 0 4px;font-size:22px}.stats{margin:0;color:#bbb}.stats b{color:#fff}
 nav{margin-top:8px}nav button{background:#2a2a2a;color:#eee;border:1px solid #444;border-radius:4px;
 padding:3px 10px;margin-right:4px;cursor:pointer}nav button.on{background:#3d6ee0;border-color:#3d6ee0}
-main{padding:8px 24px 40px}section h2{font-size:17px;margin:20px 0 8px;color:#ddd}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:14px}
+main{padding:8px 24px 40px;display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:14px}
+section,.cards{display:contents}section h2{grid-column:1/-1;font-size:17px;margin:14px 0 0;color:#ddd}
 .card{background:#1c1c1c;border:1px solid #333;border-radius:8px;padding:10px;box-sizing:border-box;min-width:0}
 .card video{width:100%;aspect-ratio:16/9;object-fit:contain;border-radius:4px;display:block;background:#000}
 .card h3{font-size:13px;margin:8px 0 2px;word-break:break-all;color:#9cf}
