@@ -530,6 +530,7 @@ def _run(args: argparse.Namespace) -> int:
             settings.budget_micros,
             enabled=not args.no_progress,
             every_s=args.progress_every_s,
+            initial=sum(store.counts()[state] for state in ("done", "failed", "lost")),
         )
         started = time.time()
         try:
@@ -659,7 +660,10 @@ class Progress:
 
     BAR_EVERY_S = 0.2
 
-    def __init__(self, total: int, budget_micros: int | None, *, enabled: bool, every_s: float = 60.0) -> None:
+    def __init__(
+        self, total: int, budget_micros: int | None, *, enabled: bool, every_s: float = 60.0, initial: int = 0
+    ) -> None:
+        """``initial``: the jobs finished before this run (a resumed run's bar starts there: its rate is this run's)."""
         from tqdm import tqdm
 
         self.enabled = enabled
@@ -671,7 +675,7 @@ class Progress:
         self.last_line = time.monotonic()
         self.last_bar = 0.0
         self.bar: tqdm[Any] | None = (
-            tqdm(total=total, unit="job", file=sys.stderr, dynamic_ncols=True)
+            tqdm(total=total, initial=initial, unit="job", file=sys.stderr, dynamic_ncols=True)
             if (enabled and sys.stderr.isatty())
             else None
         )
@@ -706,29 +710,26 @@ class Progress:
 
     def _line(self, now: float) -> None:
         self.last_line = now
-        finished, failed, flying, money = self._figures()
-        print(
-            f"{time.strftime('%H:%M:%S')} {finished}/{self.total} finished, {failed} failed, {flying} in flight, "
-            f"{money} spent",
-            file=sys.stderr,
-            flush=True,
-        )
+        finished, words = self._figures()
+        print(f"{time.strftime('%H:%M:%S')} {finished}/{self.total} finished, {words}", file=sys.stderr, flush=True)
 
-    def _figures(self) -> tuple[int, int, int, str]:
-        """(finished, failed, in flight, money spent [of the budget]) from the state."""
+    def _figures(self) -> tuple[int, str]:
+        """(finished, the rest in words: failed, at the provider, downloading, money spent [of the budget])."""
         assert self.runner is not None
         counts = self.runner.store.counts()
         finished = counts["done"] + counts["failed"] + counts["skipped"] + counts["lost"]
         spent = format_usd(self.runner.store.money().spent_micros)
         of = f" of {format_usd(self.budget)}" if self.budget is not None else ""
-        flying = counts["submitting"] + counts["submitted"] + counts["downloading"]
-        return finished, counts["failed"], flying, f"{spent}{of}"
+        # At the provider: what holds a slot of --concurrency (a finished clip being downloaded holds none).
+        generating = counts["submitting"] + counts["submitted"]
+        words = f"{counts['failed']} failed, {generating} at the provider, {counts['downloading']} downloading"
+        return finished, f"{words}, {spent}{of} spent"
 
     def _update_bar(self) -> None:
         assert self.bar is not None
-        finished, failed, flying, money = self._figures()
+        finished, words = self._figures()
         self.bar.n = finished
-        self.bar.set_postfix_str(f"failed {failed}, in flight {flying}, {money}", refresh=True)
+        self.bar.set_postfix_str(words, refresh=True)
 
     def _say(self, kind: str, message: str) -> None:
         if self.bar is not None:

@@ -282,7 +282,7 @@ async def test_without_a_terminal_a_line_comes_even_when_nothing_changes(make_si
     )
     assert done.code == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if "finished" in line]
-    assert len(lines) >= 3 and all("0/1 finished, 0 failed, 1 in flight" in line for line in lines[1:3]), lines
+    assert len(lines) >= 3 and all("0/1 finished, 0 failed, 1 at the provider" in line for line in lines[1:3]), lines
 
 
 # --- the demo resumes -----------------------------------------------------------------------------------------

@@ -31,7 +31,10 @@ def test_lines_a_minute_apart_with_the_states_figures(write_manifest, tmp_path: 
         clock[0] += 60
         progress.event(Event("skipped", job.id, "- skipped"))
         line = capsys.readouterr().err
-        assert re.fullmatch(r"\d\d:\d\d:\d\d 1/3 finished, 0 failed, 0 in flight, \$0.000 of \$10.000 spent\n", line)
+        assert re.fullmatch(
+            r"\d\d:\d\d:\d\d 1/3 finished, 0 failed, 0 at the provider, 0 downloading, \$0.000 of \$10.000 spent\n",
+            line,
+        )
 
 
 def test_the_bar_ends_on_the_final_counts(write_manifest, tmp_path: Path) -> None:
