@@ -445,21 +445,7 @@ def _add_run(commands: Any) -> None:
     command.add_argument("--rpm", type=int, metavar="R", help="submits per minute (default: manifest's, else 5)")
     command.add_argument("--budget", type=float, metavar="USD", help="hard cap on spend (default: manifest's)")
     command.add_argument("--transport", choices=["v1", "v2"], help="v2: submit then poll (default); v1: one POST")
-    command.add_argument(
-        "--base-url",
-        metavar="URL",
-        help="API base URL (default $SEGMIND_BASE_URL, the manifest's, else https://api.segmind.com)",
-    )
-    command.add_argument(
-        "--api-key-env", default=KEY_ENV, metavar="NAME", help="the environment variable holding the key"
-    )
-    command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
-    command.add_argument(
-        "--history-url",
-        metavar="URL",
-        help="the provider's request history (default "
-        "$SEGMIND_HISTORY_URL, else https://api.spotprod.segmind.com; 'off' for none)",
-    )
+    _add_where(command)
     command.add_argument(
         "--history-lag-s",
         type=float,
@@ -806,14 +792,28 @@ def _status(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def _add_provider_flags(command: argparse.ArgumentParser, what: str) -> None:
-    """The flags of a command that talks to the provider about an existing run (reconcile, verify --repair)."""
-    command.add_argument("--base-url", metavar="URL", help="API base URL (as for run)")
-    command.add_argument("--history-url", metavar="URL", help="the request history's URL (as for run)")
+def _add_where(command: argparse.ArgumentParser) -> None:
+    """Where the provider is and which key it is sent (run, reconcile, verify)."""
+    command.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="API base URL (default $SEGMIND_BASE_URL, the manifest's, else https://api.segmind.com)",
+    )
     command.add_argument(
         "--api-key-env", default=KEY_ENV, metavar="NAME", help="the environment variable holding the key"
     )
     command.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http, non-loopback URL")
+    command.add_argument(
+        "--history-url",
+        metavar="URL",
+        help="the provider's request history (default "
+        "$SEGMIND_HISTORY_URL, else https://api.spotprod.segmind.com; 'off' for none)",
+    )
+
+
+def _add_provider_flags(command: argparse.ArgumentParser, what: str) -> None:
+    """The flags of a command that talks to the provider about an existing run (reconcile, verify --repair)."""
+    _add_where(command)
     command.add_argument(
         "--simulate",
         action="store_true",
