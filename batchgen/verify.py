@@ -12,7 +12,7 @@ from pathlib import Path
 
 from batchgen.errors import ProtocolError
 from batchgen.outputs import hash_file, probe_video
-from batchgen.store import DoneVideo
+from batchgen.store import DoneVideo, Store
 
 
 def video_problem(root: Path, video: DoneVideo, *, full: bool = True) -> str | None:
@@ -39,3 +39,14 @@ def video_problem(root: Path, video: DoneVideo, *, full: bool = True) -> str | N
     except OSError as exc:
         return f"{video.path} cannot be read: {exc.strerror}"
     return None
+
+
+def find_bad_videos(state: Path, root: Path) -> list[tuple[DoneVideo, str]]:
+    """The done videos of a run that are missing or of another size, read through a connection of its own (a run
+    looks at them in a thread, beside its first submits)."""
+    store = Store.open(state, readonly=True)
+    try:
+        videos = store.done_videos()
+    finally:
+        store.close()
+    return [(video, problem) for video in videos if (problem := video_problem(root, video, full=False))]

@@ -38,8 +38,13 @@ def huge_run_dir(tmp: Path) -> tuple[Path, Path]:
     loaded = load_run_manifest(str(path), HUGE, str(out))
     with open_run(out, loaded.manifest, loaded.jobs, None, loaded.digest):
         pass
-    with sqlite3.connect(out / "state.db") as db:
-        db.execute("UPDATE jobs SET state = 'done' WHERE idx >= ?", (LEFT,))
+    db = sqlite3.connect(out / "state.db")
+    with db:
+        db.execute("UPDATE jobs SET state = 'done', video_path = 'videos/' || id || '.mp4' WHERE idx >= ?", (LEFT,))
+        done = [row[0] for row in db.execute("SELECT id FROM jobs WHERE state = 'done'")]
+    db.close()  # before the directory is copied: a connection left to the collector removes its WAL mid-copy
+    for job_id in done:  # a run looks at every done job's video when it starts: they are there, as a run leaves them
+        (out / "videos" / f"{job_id}.mp4").touch()
     return path, out
 
 
