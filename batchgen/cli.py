@@ -66,6 +66,7 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     ),
     "retry": ((0, 2), ("batchgen retry night.yaml", "batchgen retry night.yaml --lost")),
     "verify": ((0, 1, 2, 4), ("batchgen verify night.yaml", "batchgen verify night.yaml --repair")),
+    "models": ((0, 2), ("batchgen models", "batchgen models veo-3")),
     "simulate": (
         (0, 2),
         ("batchgen simulate --latency-s 0", "batchgen simulate --fault-rate 0.25 --trickle 700:4 --seed 7"),
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconcile(commands)
     _add_retry(commands)
     _add_verify(commands)
+    _add_models(commands)
     _add_simulate(commands)
     return parser
 
@@ -289,6 +291,61 @@ def _print_problems(error: ManifestError) -> None:
         print(problem, file=sys.stderr)
     count = len(error.problems)
     say("error", f"{count} problem{'s' * (count != 1)} found; nothing was run")
+
+
+def _add_models(commands: Any) -> None:
+    command = _add_command(commands, "models", "list the models batchgen can run, or show one model's fields", _models)
+    command.add_argument("slug", nargs="?", metavar="SLUG", help="a model to show field by field")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from batchgen.models import known_models, load_model
+    from batchgen.validation import did_you_mean
+
+    if args.slug is None:
+        rows = [("model", "kind", "seconds", "price a clip", "typical time")]
+        for slug in known_models():
+            model = load_model(slug)
+            low_high = model.price_range_usd
+            price = f"{format_usd(micros(low_high[0]))}-{format_usd(micros(low_high[1]))}" if low_high else "-"
+            seconds = ", ".join(map(str, model.durations))
+            rows.append((slug, model.kind, seconds, price, f"~{model.typical_generation_s:.0f} s"))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        return int(ExitCode.OK)
+    if args.slug not in known_models():
+        hint = did_you_mean(args.slug, known_models()) or f" (known: {', '.join(known_models())})"
+        raise UsageError(f'no model "{args.slug}"{hint}')
+    print(_model_text(load_model(args.slug)))
+    return int(ExitCode.OK)
+
+
+def _model_text(model: Any) -> str:
+    """One model, field by field, with its source and what in it is a guess."""
+    lines = [
+        f"{model.slug}: {model.title} ({model.kind}), ~{model.typical_generation_s:.0f} s",
+        f"source: {model.source}",
+    ]
+    required = set(model.request_schema.get("required", []))
+    for name, field in model.request_fields.items():
+        kind = field.get("type", "")
+        if "x-image" in field:
+            kind = f"an image's https URL (the image at most {field['x-image']['max_bytes'] // (1 << 20)} MB)"
+        parts = [kind, "required" if name in required else ""]
+        if "default" in field:
+            parts.append(f"default {json.dumps(field['default'])}")
+        if field.get("enum"):
+            parts.append("one of " + ", ".join(map(str, field["enum"])))
+        if "minimum" in field:
+            parts.append(f"at least {field['minimum']}")
+        if "maximum" in field:
+            parts.append(f"at most {field['maximum']}")
+        lines.append(f"  {name}: " + "; ".join(part for part in parts if part))
+    price = model.price
+    lines.append(f"price: ${price.silent}/s silent, ${price.audio}/s with audio, ${price.voice}/s with voice")
+    lines.extend(f"guess: {guess}" for guess in model.guesses)
+    return "\n".join(lines)
 
 
 def _add_simulate(commands: Any) -> None:

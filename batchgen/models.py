@@ -1,7 +1,9 @@
 """Models are data: one JSON file per provider model under ``schema/models/``.
 
-A model file holds the model's slug, its typical generation time, its price row (USD per second of video, without
-audio, with audio, with voice) and the JSON Schema of its request body. Adding a model is adding a file.
+A model file holds the model's slug, its kind (text- or image-to-video), the page it was read from, its typical
+generation time, its price row (USD per second of video, without audio, with audio, with voice), the page's own
+price range (which the row must reproduce: a test), what in it is a guess, and the JSON Schema of its request body.
+Adding a model is adding a file.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ class Model:
     typical_generation_s: float
     price: PriceRow
     request_schema: dict[str, Any]
+    kind: str = "text2video"  # or image2video
+    source: str = ""  # the provider's page the file was read from
+    price_range_usd: tuple[float, float] | None = None  # the page's own range per generation
+    guesses: tuple[str, ...] = ()  # what the file says that the page does not (each a guess)
+
+    @property
+    def durations(self) -> list[int]:
+        """Every duration (seconds) the model allows."""
+        field = self.request_fields.get("duration", {})
+        values = field.get("enum") or ([field["default"]] if "default" in field else [])
+        return sorted(int(value) for value in values)
 
     @property
     def request_fields(self) -> dict[str, Any]:
@@ -61,10 +74,15 @@ def load_model(slug: str) -> Model:
     if slug not in known_models():
         raise KeyError(slug)
     data = json.loads(_models_dir().joinpath(f"{slug}.json").read_text("utf-8"))
+    low_high = data.get("price_range_usd")
     return Model(
         slug=data["slug"],
         title=data["title"],
         typical_generation_s=float(data["typical_generation_s"]),
         price=PriceRow(**data["price_usd_per_s"]),
         request_schema=data["request"],
+        kind=data.get("kind", "text2video"),
+        source=data.get("source", ""),
+        price_range_usd=(float(low_high[0]), float(low_high[1])) if low_high else None,
+        guesses=tuple(data.get("guesses", ())),
     )

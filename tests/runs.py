@@ -19,11 +19,11 @@ from aiohttp import web
 from batchgen import expand, load_manifest
 from batchgen.client import Client, Timeouts
 from batchgen.launch import open_run
-from batchgen.models import Model
-from batchgen.pricing import micros
+from batchgen.models import Model, load_model
+from batchgen.pricing import clip_spec, micros
 from batchgen.runner import Event, Runner, RunResult, RunSettings
 from batchgen.simulator import DEFAULT_KEY
-from batchgen.simulator.clips import SIZES
+from batchgen.simulator.clips import size_of
 from batchgen.simulator.server import Simulator
 from batchgen.store import Store
 from tests.conftest import ROOT
@@ -146,9 +146,10 @@ def assert_all_done(out: Path, count: int) -> None:
         for job in jobs:
             video = out / (job.video_path or "")
             seconds, width, height, audio = probe_file(video)
-            assert seconds == float(job.payload.get("duration", "5"))
-            assert (width, height) == SIZES[job.payload.get("aspect_ratio", "16:9")]
-            assert audio == job.payload.get("generate_audio", True)
+            spec = clip_spec(job.payload, load_model(job.model))  # with the model's defaults
+            assert seconds == float(spec.seconds)
+            assert (width, height) == size_of(spec.aspect_ratio)
+            assert audio == spec.audio
             assert job.sha256 == hashlib.sha256(video.read_bytes()).hexdigest()
             assert job.probe and job.probe["width"] == width
             log = json.loads((out / "logs" / f"{job.id}.json").read_text())

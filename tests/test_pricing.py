@@ -11,7 +11,8 @@ MODEL = load_model("kling-3-standard-text2video")
 def test_price_range_of_the_model_page() -> None:
     assert estimate_micros({"prompt": "x", "duration": "3", "generate_audio": False}, MODEL) == 504_000
     assert estimate_micros({"prompt": "x"}, MODEL) == 5 * 252_000  # defaults: 5 s with audio
-    assert estimate_micros({"prompt": "x", "duration": "15", "voice_ids": ["v"]}, MODEL) == 15 * 308_000
+    # The page's top, $8.40, is 15 s at the voice rate the model file sets to reach it (a guess: see the file)
+    assert estimate_micros({"prompt": "x", "duration": "15", "voice_ids": ["v"]}, MODEL) == 8_400_000
 
 
 def test_defaults_fill_the_clip_spec() -> None:

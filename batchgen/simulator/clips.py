@@ -23,6 +23,19 @@ PALETTES = 16
 FREE_BOX_HEADER = 16  # a 64-bit "free" box: size 1, type, then the 8-byte large size
 
 
+def size_of(aspect_ratio: str) -> tuple[int, int]:
+    """The clip's size for an aspect ratio ``W:H``: the three of ``SIZES``, else the longest side 320 (even sides,
+    as H.264 wants them); a ratio that is no ratio gets 16:9's."""
+    if aspect_ratio in SIZES:
+        return SIZES[aspect_ratio]
+    try:
+        width, height = (float(part) for part in aspect_ratio.split(":"))
+        scale = 320 / max(width, height)
+        return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+    except (ValueError, ZeroDivisionError):
+        return SIZES["16:9"]
+
+
 def palette_of(prompt: str) -> int:
     """Which of the palettes a prompt draws with."""
     return hashlib.sha256(prompt.encode("utf-8")).digest()[0] % PALETTES
@@ -31,7 +44,7 @@ def palette_of(prompt: str) -> int:
 @lru_cache(maxsize=512)
 def make_clip(seconds: int, aspect_ratio: str, audio: bool, palette: int = 0) -> bytes:
     """An MP4 of exactly ``seconds`` seconds at the size of ``aspect_ratio``, with silent AAC audio when ``audio``."""
-    width, height = SIZES[aspect_ratio]
+    width, height = size_of(aspect_ratio)
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=FPS)
