@@ -65,7 +65,7 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
         ("batchgen reconcile night.yaml", "batchgen reconcile --out output/demo --simulate"),
     ),
     "retry": ((0, 2), ("batchgen retry night.yaml", "batchgen retry night.yaml --lost")),
-    "verify": ((0, 1, 2, 4), ("batchgen verify night.yaml", "batchgen verify night.yaml --repair")),
+    "verify": ((0, 1, 2), ("batchgen verify night.yaml", "batchgen verify night.yaml --repair")),
     "models": ((0, 2), ("batchgen models", "batchgen models veo-3")),
     "simulate": (
         (0, 2),
@@ -230,6 +230,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.budget is not None and args.budget <= 0:
+        raise UsageError("--budget must be more than 0")
     manifest, jobs = _load(args.manifest, args.max_jobs)
     plan = _plan_of(manifest, jobs, args.budget)
     if args.json:
@@ -443,7 +445,12 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         script=parse_script(args.script),
     )
-    ledger = asyncio.run(_serve(settings, faults, args.host, args.port, args.journal))
+    try:
+        ledger = asyncio.run(_serve(settings, faults, args.host, args.port, args.journal))
+    except (OSError, OverflowError) as exc:
+        raise UsageError(
+            f"cannot serve on {args.host}:{args.port}: {exc}; pick another --port (0: any free one)"
+        ) from exc
     for key, account in ledger.items():
         print(
             f"{key}: {len(account['requests'])} generation requests, {len(account['charges'])} charged, "
@@ -724,13 +731,14 @@ class Progress:
         )
 
     def event(self, event: Event) -> None:
-        if not self.enabled or self.runner is None:
-            return
+        """Warnings and failures are said whatever the progress display (``--no-progress`` hides only that)."""
         if event.kind in ("warning", "stop", "failed", "lost"):
             text = event.message.removeprefix("! ")
             quiet = event.kind == "warning" or text.startswith(("interrupted", "stopped submitting"))
             self._say("warning" if quiet else "error", f"{event.job_id}: {text}" if event.job_id else text)
             self.stop_said = self.stop_said or event.kind == "stop"
+        if not self.enabled or self.runner is None:
+            return
         now = time.monotonic()
         if self.bar is not None:
             if now - self.last_bar >= self.BAR_EVERY_S:  # the counts are a query: not one per event
@@ -957,6 +965,8 @@ def _verify(args: argparse.Namespace) -> int:
     with open_state(root, write=args.repair) as (run_dir, store):
         videos = store.done_videos()
         bad = {video.job_id: problem for video in videos if (problem := video_problem(run_dir.root, video))}
+        for job in store.jobs(["downloading"]):  # a repair (or a run) that did not finish: not whole either
+            bad[job.id] = f"paid, its video not downloaded yet ({job.reason or 'a run or repair did not finish'})"
         repaired: dict[str, str] = {}
         if args.repair and bad:
             repaired = _repair(args, root, run_dir, store, bad)
@@ -975,16 +985,16 @@ def _repair(args: argparse.Namespace, root: Path, run_dir: Any, store: Any, bad:
     from batchgen.runner import RunSettings
 
     manifest = load_manifest(args.manifest or store.get_meta("manifest"), max_jobs=sys.maxsize)
-    now = time.time()
-    for job_id, problem in bad.items():
-        with contextlib.suppress(OSError):
-            (run_dir.videos / f"{job_id}.mp4").unlink(missing_ok=True)
-        store.redownload(job_id, problem, now)
     settings = RunSettings(submit=False, check_credits=False, backoff_base_s=0.5 if args.simulate else 2.0)
     progress = Progress(len(bad), None, enabled=False)
 
     async def repair() -> None:
-        async with _provider_of(args, manifest, root) as target:
+        async with _provider_of(args, manifest, root) as target:  # no key, no change: said before anything moves
+            now = time.time()
+            for job_id, problem in bad.items():
+                with contextlib.suppress(OSError):
+                    (run_dir.videos / f"{job_id}.mp4").unlink(missing_ok=True)
+                store.redownload(job_id, problem, now)
             await _drive(manifest, store, run_dir, settings, target, progress)
 
     asyncio.run(repair())
@@ -996,7 +1006,11 @@ def _repair(args: argparse.Namespace, root: Path, run_dir: Any, store: Any, bad:
 
 
 def _verify_text(root: Path, data: dict[str, Any]) -> str:
-    lines = [f"{root}: {data['checked']} finished videos, {data['whole']} whole, {len(data['bad'])} missing or damaged"]
+    count = data["checked"]
+    lines = [
+        f"{root}: {count} finished video{'s' * (count != 1)}, {data['whole']} whole, {len(data['bad'])} missing or "
+        "damaged"
+    ]
     for row in data["bad"]:
         now = f" → {row['now']}" if row["now"] else ""
         lines.append(f"  {row['job']}: {row['problem']}{now}")

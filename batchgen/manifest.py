@@ -331,6 +331,8 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
 def _broken_shot_problems(doc: Document, manifest: Manifest, shot: Shot, structural: list[Problem]) -> list[Problem]:
     """The rules a schema cannot state, on what of a shot the schema did accept: every problem of a file is
     reported in one pass, not the next ones after the first are fixed."""
+    if any(not values for _, values in shot.matrix):
+        return []  # an empty matrix axis (the schema says so): there is no combination to look at
     problems = _template_problems(doc, manifest, shot)
     fields, origin = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
 

@@ -80,7 +80,7 @@ def status_text(data: dict[str, Any]) -> str:
     counts = data["counts"]
     shown = ", ".join(f"{counts[state]} {state}" for state in counts if counts[state])
     money = data["money"]
-    lines = [f"{data['name']}: {data['total']} jobs: {shown or 'none'}"]
+    lines = [f"{data['name'] or 'this run'}: {data['total']} jobs: {shown or 'none'}"]
     spent = _dollars(money["spent_usd"])
     maybe = (
         f" (of which {_dollars(money['possibly_billed_usd'])} possibly billed)" if money["possibly_billed_usd"] else ""

@@ -239,6 +239,9 @@ class Runner:
         self._log = RunLog(run_dir.run_log)
         self._started_at = clock()
         self._prices = store.prices_seen()  # per price class, the highest cost the provider told in this state
+        # The classes whose price the provider told in this run: one told in an earlier run may have changed since.
+        self._confirmed: set[str] = set()
+        self._above = 1.0  # the most the provider charged over an estimate, as a factor (for classes not told yet)
         self._poll_failures: dict[str, int] = {}  # unreadable status answers in a row, per watched job
         self._last_heard: dict[str, float] = {}  # per watched job, when a poll last got a usable answer
         self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
@@ -408,7 +411,8 @@ class Runner:
             probe = await asyncio.to_thread(probe_video, video)
             sha256, size = await asyncio.to_thread(hash_file, video)
         except (ProtocolError, OSError):
-            video.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a directory there: the download's placing says so, cleanly
+                video.unlink(missing_ok=True)
             return False
         warnings = compare(probe, clip_spec(job.payload, self.model))
         path = str(video.relative_to(self.run_dir.root))
@@ -598,14 +602,22 @@ class Runner:
             self.store.set_meta(history_trouble=None)
 
     def _held_classes(self) -> list[str]:
-        """Price classes whose price the provider has not told in this state and that have a job in flight: their
-        other jobs wait until it tells (the table may be wrong: a manifest's ``pricing:``, a price change), so that
-        no more than one clip of a class is ever bought at a price nobody has seen (invariant 9)."""
-        return sorted(self.store.classes_in_flight() - self._prices.keys())
+        """Price classes whose jobs wait: while a job of a class whose price the provider has not told in this run is
+        in flight (or possibly billed and not yet found), every such class waits, so that one clip at most is ever
+        bought at a price nobody has seen (invariant 9; the table may be wrong: a manifest's ``pricing:``, a price
+        change since an earlier run). Without a budget there is no cap to keep, and nothing waits."""
+        if self.budget.cap_micros is None:
+            return []
+        unconfirmed = self.store.classes_in_flight() - self._confirmed
+        if not unconfirmed:
+            return []
+        return sorted(self.store.pending_classes() - self._confirmed)
 
     def _reservation(self, job: JobRow) -> int:
-        """What a submit reserves: the estimate, or the highest price the provider charged for the class if more."""
-        return max(job.estimate_micros, self._prices.get(job.price_class, 0))
+        """What a submit reserves: the estimate, or the highest price the provider charged for the class if more;
+        for a class not told yet, the estimate scaled by the most the provider has charged above one."""
+        estimate = round(job.estimate_micros * self._above) if job.price_class not in self._prices else 0
+        return max(job.estimate_micros, estimate, self._prices.get(job.price_class, 0))
 
     def _note_price(self, job: JobRow, cost_micros: int | None, note: str | None = None) -> None:
         """The provider told what a job cost: the class's price is known, and one above the reservation is said (as
@@ -616,6 +628,9 @@ class Runner:
             return
         reserved = self._reservation(job)
         self._prices[job.price_class] = max(cost_micros, self._prices.get(job.price_class, 0))
+        self._confirmed.add(job.price_class)
+        if job.estimate_micros:
+            self._above = max(self._above, cost_micros / job.estimate_micros)
         if cost_micros > reserved:
             self._event(
                 "warning",

@@ -248,6 +248,10 @@ class Store:
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> Store:
         """Open (or create) the state file at ``path`` and bring its schema up to date."""
+        if path.is_symlink():
+            raise StateError(
+                f"{path} is a symbolic link: the state is kept only in the run directory itself; remove it"
+            )
         if readonly and not path.exists():
             raise StateError(f"no state file at {path}: nothing has run in this directory yet")
         try:
@@ -399,29 +403,38 @@ class Store:
 
     def next_pending(self, now: float, after_idx: int = -1, *, held: Sequence[str] = ()) -> JobRow | None:
         """The first pending job of the manifest (after ``after_idx``) whose backoff is over, of no price class in
-        ``held``."""
+        ``held`` unless it has an attempt to settle first (possibly billed: it is looked up, not paid again)."""
         marks = ",".join("?" * len(held))
         row = self.db.execute(
             "SELECT * FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND not_before <= ? AND idx > ? "
-            f"AND price_class NOT IN ({marks}) ORDER BY idx LIMIT 1",
+            f"AND (price_class NOT IN ({marks}) OR {_UNRESOLVED}) ORDER BY idx LIMIT 1",
             (now, after_idx, *held),
         ).fetchone()
         return _job(row) if row else None
 
     def earliest_pending(self, *, held: Sequence[str] = ()) -> float | None:
-        """When the next pending job's backoff ends (``None``: no pending job), of no price class in ``held``."""
+        """When the next pending job's backoff ends (``None``: no pending job), of no price class in ``held`` (unless
+        it has an attempt to settle first, as ``next_pending``)."""
         marks = ",".join("?" * len(held))
         row = self.db.execute(
-            f"SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND price_class NOT IN "
-            f"({marks})",
+            "SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND "
+            f"(price_class NOT IN ({marks}) OR {_UNRESOLVED})",
             tuple(held),
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
     def classes_in_flight(self) -> set[str]:
-        """The price classes of the jobs submitted (or being submitted) whose cost is not known yet."""
-        rows = self.db.execute("SELECT DISTINCT price_class FROM jobs WHERE state IN ('submitting', 'submitted')")
+        """The price classes of the jobs whose cost is not known yet: submitted (or being submitted), or waiting with
+        an attempt that may have been billed (its request not found yet: it may be generating)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT price_class FROM jobs WHERE state IN ('submitting', 'submitted') UNION "
+            f"SELECT DISTINCT price_class FROM jobs WHERE state = 'pending' AND {_UNRESOLVED}"
+        )
         return {row[0] for row in rows}
+
+    def pending_classes(self) -> set[str]:
+        """The price classes of the jobs waiting to be submitted."""
+        return {row[0] for row in self.db.execute("SELECT DISTINCT price_class FROM jobs WHERE state = 'pending'")}
 
     def job(self, job_id: str) -> JobRow:
         """One job by id."""
@@ -862,6 +875,13 @@ class Store:
                 (now, *states),
             )
         return ids
+
+
+# A job (of the jobs table) with an attempt that may have been billed and that the request history has not settled.
+_UNRESOLVED = (
+    "EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.id AND a.money = 'ambiguous' "
+    "AND a.outcome IN ('retry', 'ambiguous'))"
+)
 
 
 def _requeue_skipped(db: sqlite3.Connection, now: float) -> None:

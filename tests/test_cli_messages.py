@@ -25,7 +25,7 @@ RETURNS = {
     "report": {0, 2},
     "reconcile": {0, 1, 2, 4},
     "retry": {0, 2},
-    "verify": {0, 1, 2, 4},
+    "verify": {0, 1, 2},
     "simulate": {0, 2},
 }
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b")

@@ -108,12 +108,12 @@ async def test_a_second_run_on_the_same_directory_names_the_first_ones_pid(make_
     args = ("run", str(path), "--out", str(out), "--poll-interval-s", "0.05", "--no-progress")
     first = await start_cli(*args, env=cli_env(sim))
     try:
-        await _wait_for_lines(out / "run.log", "→ submitted", 1)  # the first job, alone: it tells the price
+        await _wait_for_lines(out / "run.log", "→ submitted", 2)
         second = await run_cli_async(*args, env=cli_env(sim))
         assert second.code == 2
         assert f"batchgen: error: another batchgen run (pid {first.pid}) is using {out}" in second.stderr
         status = await run_cli_async("status", "--out", str(out), env=cli_env(sim))
-        assert status.code == 0 and "1 submitted" in status.stdout and "request" in status.stdout
+        assert status.code == 0 and "2 submitted" in status.stdout and "request" in status.stdout
     finally:
         first.send_signal(signal.SIGTERM)
         await first.wait()

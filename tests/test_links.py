@@ -79,3 +79,21 @@ def test_a_subdirectory_that_is_a_link_is_refused_and_its_target_left_alone(
     with pytest.raises(OutputError, match=f"{name} is a symbolic link"), open_run(out, manifest, None, None):
         pass
     assert stat.S_IMODE(precious.parent.stat().st_mode) == 0o755
+
+
+async def test_a_state_file_or_a_simulator_journal_that_is_a_link_is_refused(
+    write_manifest, tmp_path: Path, precious: Path
+) -> None:
+    from tests.conftest import MANIFESTS
+    from tests.runs import cli_env, run_cli_async
+
+    out = tmp_path / "out"
+    RunDir(out).prepare()
+    (out / "state.db").symlink_to(precious)
+    done = await run_cli_async("run", str(MANIFESTS / "demo.yaml"), "--simulate", "--out", str(out), env=cli_env(None))
+    assert done.code == 2 and "state.db is a symbolic link" in done.stderr
+    (out / "state.db").unlink()
+    (out / "simulator.jsonl").symlink_to(precious)
+    done = await run_cli_async("run", str(MANIFESTS / "demo.yaml"), "--simulate", "--out", str(out), env=cli_env(None))
+    assert done.code == 2 and "simulator.jsonl is a symbolic link" in done.stderr
+    assert precious.read_bytes() == PRECIOUS

@@ -146,3 +146,11 @@ def test_every_example_manifest_is_valid() -> None:
     assert {p.name for p in examples} >= {"demo.yaml", "temple.yaml", "multi-shot.yaml", "matrix.yaml"}
     for path in examples:
         assert load_manifest(path).job_count > 0
+
+
+def test_an_empty_matrix_axis_is_a_problem_not_a_crash(write_manifest) -> None:
+    from tests.conftest import run_cli
+
+    path = write_manifest("version: 1\nname: e\nshots:\n  - id: a\n    prompt: 'x {t}'\n    matrix: {t: []}\n")
+    done = run_cli("validate", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "matrix.t" in done.stderr, done.stderr

@@ -48,25 +48,47 @@ async def test_a_manifest_price_below_the_providers_is_corrected_by_the_first_bi
     assert "charged above the estimate: 1 attempt" in status.stdout, status.stdout
 
 
-async def test_each_price_class_is_told_by_one_clip_and_then_runs_wide(
+async def test_price_classes_are_told_one_clip_at_a_time_then_the_run_goes_wide(
     make_sim, write_manifest, tmp_path: Path
 ) -> None:
-    """Two classes (3 s and 5 s): one clip of each runs while its price is unknown; once both are told, the cap
-    is the concurrency again."""
+    """Two classes (3 s and 5 s) and a provider at 1.5× the table: the first clip runs alone and is charged 1.5×;
+    the first of the other class then reserves its estimate × 1.5 and runs alone too; then the run is as wide as
+    its concurrency. At no moment are two clips of untold prices bought together."""
     sim = await make_sim(SimSettings(latency_s=0.2, price_factor=1.5))
-    text = batch_manifest(12, extra="concurrency: 8\n")
+    text = batch_manifest(12, extra="concurrency: 8\nbudget: 100\n")
     text = text.replace("    matrix:\n", "    matrix:\n      duration: [3, 5]\n")
     path, out = write_manifest(text), tmp_path / "out"
     result = await run_in_process(path, out, sim)
     assert result.exit_code == ExitCode.OK and len(sim.account().charges) == 24
     assert sim.account().peak_in_progress == 8
     store = read_state(out)
-    attempts = sorted((a for a in store.all_attempts()), key=lambda a: a.started_at)
-    first_two = {store.job(a.job_id).price_class for a in attempts[:2]}
-    assert first_two == {"kling-3-standard-text2video:3s:silent", "kling-3-standard-text2video:5s:silent"}
-    assert attempts[2].started_at >= min(a.ended_at or 0 for a in attempts[:2])  # the third waited for a price
+    attempts = sorted(store.all_attempts(), key=lambda a: a.started_at)
+    by_class: dict[str, list] = {}
+    for attempt in attempts:
+        by_class.setdefault(store.job(attempt.job_id).price_class, []).append(attempt)
+    assert len(by_class) == 2
+    for rows in by_class.values():  # each class's first clip ran before any other of its class began
+        assert all(later.started_at >= (rows[0].ended_at or 0) for later in rows[1:])
+    first_five = by_class["kling-3-standard-text2video:5s:silent"][0]
+    assert first_five.reserved_micros == first_five.settled_micros == 1_260_000  # its estimate × 1.5, as told
     assert store.prices_seen() == {
         "kling-3-standard-text2video:3s:silent": 756_000,
         "kling-3-standard-text2video:5s:silent": 1_260_000,
     }
+    store.close()
+
+
+async def test_a_price_told_in_an_earlier_run_is_told_again(make_sim, write_manifest, tmp_path: Path) -> None:
+    """The provider raises its price between two runs: the second run's first clip runs alone again, and the rest
+    reserve the new price (a price known from the state is a floor, not a promise)."""
+    path, out = write_manifest(batch_manifest(12, extra="concurrency: 8\n")), tmp_path / "out"
+    cheap = await make_sim(SimSettings(latency_s=0.05))
+    await run_in_process(path, out, cheap, budget_micros=1_100_000)  # two clips at $0.504
+    dear = await make_sim(SimSettings(latency_s=0.05, price_factor=3.0))
+    result = await run_in_process(path, out, dear, budget_micros=5_000_000)
+    assert result.exit_code == ExitCode.BUDGET
+    # $1.008 before; then one clip alone at $1.512 (it tells the new price); then $1.512 each: one more fits
+    assert len(dear.account().charges) == 2 and dear.account().peak_in_progress == 1
+    store = read_state(out)
+    assert store.money().spent_micros == 1_008_000 + 2 * 1_512_000
     store.close()

@@ -93,9 +93,10 @@ async def test_budget_counts_what_earlier_runs_spent(make_sim, write_manifest, t
 
 
 async def test_a_429_pauses_every_submit_until_the_reset(make_sim, write_manifest, tmp_path: Path) -> None:
-    faults = FaultPlan(script=parse_script("submit:1=429"))  # the first job, alone: it tells the price
+    # With a budget the first job runs alone (it tells the price): nothing else is on its way when its 429 comes.
+    faults = FaultPlan(script=parse_script("submit:1=429"))
     sim = await make_sim(SimSettings(fault_429_reset_s=0.4, latency_s=0.2), faults)
-    path = write_manifest(batch_manifest(5, extra="concurrency: 2\n"))
+    path = write_manifest(batch_manifest(5, extra="concurrency: 2\nbudget: 100\n"))
     result = await run_in_process(path, tmp_path / "out", sim)
     assert result.exit_code == ExitCode.OK
     requests = sim.account().requests

@@ -73,3 +73,27 @@ async def test_what_cannot_be_recovered_is_listed(make_sim, write_manifest, tmp_
     assert repair.code == 1
     assert f"videos/{video.name} is missing → lost" in repair.stdout
     assert len(sim.account().charges) == 1
+
+
+async def test_a_repair_that_could_not_start_changes_nothing_and_one_that_did_not_finish_is_said(
+    make_sim, write_manifest, tmp_path: Path
+) -> None:
+    sim = await make_sim()
+    path, out = write_manifest(batch_manifest(2)), tmp_path / "out"
+    await run_in_process(path, out, sim)
+    first, _ = _videos(out)
+    first.unlink()
+    nokey = {k: v for k, v in cli_env(sim).items() if k != "SEGMIND_API_KEY"}
+    refused = await run_cli_async("verify", "--out", str(out), "--repair", env=nokey)
+    assert refused.code == 2 and "no API key" in refused.stderr
+    store = read_state(out)
+    assert store.counts()["done"] == 2  # nothing was put back in line: the key was missing before anything moved
+    store.close()
+    import sqlite3
+
+    with sqlite3.connect(out / "state.db") as db:  # as if a repair had been stopped after it began
+        db.execute(
+            "UPDATE jobs SET state = 'downloading', video_path = NULL WHERE video_path LIKE ?", (f"%{first.name}",)
+        )
+    check = await run_cli_async("verify", "--out", str(out), env=cli_env(sim))
+    assert check.code == 1 and "its video not downloaded yet" in check.stdout

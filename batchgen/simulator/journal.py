@@ -28,6 +28,8 @@ class Journal:
     """An append-only file of JSON lines: read back whole at start, then appended to one line per change."""
 
     def __init__(self, path: Path) -> None:
+        if path.is_symlink():
+            raise UsageError(f"{path} is a symbolic link: the simulator's journal is not written through links")
         self.path = path
         self._out: IO[str] | None = None
 

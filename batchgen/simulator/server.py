@@ -98,7 +98,7 @@ class SimSettings:
         if self.history_shape not in HISTORY_SHAPES:
             raise UsageError(f"history_shape is one of {', '.join(HISTORY_SHAPES)} (got {self.history_shape!r})")
         if not self.price_factor > 0:
-            raise UsageError("price_factor is more than 0")
+            raise UsageError("the price factor (--price-factor) must be more than 0")
         if self.trickle_bytes < 0 or self.trickle_gap_s < 0 or self.stall_gap_s < 0:
             raise UsageError("trickle_bytes, trickle_gap_s and stall_gap_s are not negative")
 
