@@ -97,7 +97,10 @@ async def test_a_deleted_lock_file_does_not_let_a_second_run_in(make_sim, write_
 async def test_a_killed_runs_directory_is_taken_over_with_a_message(make_sim, write_manifest, tmp_path) -> None:
     sim = await make_sim(SimSettings(latency_s=0.3))
     path, out = write_manifest(batch_manifest(4)), tmp_path / "out"
-    args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--no-progress")
+    # A kill between a submit's intent and its POST leaves a job the history will never show: the resume waits the
+    # history's lag (120 s by default) before submitting it again; this simulator's history has none.
+    args = ("run", str(path), "--out", str(out), "--rpm", "1000", "--poll-interval-s", "0.05", "--history-lag-s", "1")
+    args += ("--no-progress",)
     first = await start_cli(*args, env=cli_env(sim))
     async with asyncio.timeout(30):
         while not (out / "run.log").exists() or "→ submitted" not in (out / "run.log").read_text():
