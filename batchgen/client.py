@@ -47,6 +47,8 @@ MAX_ERROR_BYTES = 64 << 10  # an error body is read up to this much (whole, when
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+# aiohttp quotes its inner errors as reprs (<ContentLengthError: 400, message='Not enough data ...'>): their words
+_LIBRARY_REPR = re.compile(r"<\w+: \d+, message='([^']*)'>")
 REDACTED = "[the API key]"  # what stands where the provider quoted the key
 SHORTEST_REDACTED_KEY = 6  # a shorter "key" (a test's "k") would blank every such letter of every message
 P = ParamSpec("P")
@@ -184,7 +186,7 @@ class Client:
 
     def _reason(self, exc: BaseException) -> str:
         """An error of aiohttp in a few words (its text stripped of the key, then cut)."""
-        text = self.redact(str(exc)).split("\n", 1)[0][:200]
+        text = _LIBRARY_REPR.sub(r"\1", self.redact(str(exc)).split("\n", 1)[0])[:200]
         if text:
             return text
         return "no answer in time" if isinstance(exc, TimeoutError) else f"the connection failed ({type(exc).__name__})"
