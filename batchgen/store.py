@@ -436,13 +436,15 @@ class Store:
         rows = self.db.execute(
             "SELECT DISTINCT price_class FROM jobs WHERE state IN ('submitting', 'submitted') UNION "
             "SELECT DISTINCT j.price_class FROM attempts a CROSS JOIN jobs j ON j.id = a.job_id "
-            "WHERE a.money = 'ambiguous' AND a.outcome IN ('retry', 'ambiguous') AND j.state = 'pending'"
+            "WHERE a.money = 'ambiguous' AND a.outcome IN ('retry', 'ambiguous') AND j.state = 'pending' "
+            "AND j.in_manifest = 1"
         )  # from the few possibly billed attempts (an index of its own; CROSS JOIN keeps that order), not every job
         return {row[0] for row in rows}
 
     def pending_classes(self) -> set[str]:
         """The price classes of the jobs waiting to be submitted."""
-        return {row[0] for row in self.db.execute("SELECT DISTINCT price_class FROM jobs WHERE state = 'pending'")}
+        rows = self.db.execute("SELECT DISTINCT price_class FROM jobs WHERE state = 'pending' AND in_manifest = 1")
+        return {row[0] for row in rows}
 
     def job(self, job_id: str) -> JobRow:
         """One job by id."""

@@ -3,6 +3,7 @@ too low) never takes a run past its budget by more than the one clip that told t
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,30 @@ async def test_a_price_told_in_an_earlier_run_is_told_again(make_sim, write_mani
     store = read_state(out)
     assert store.money().spent_micros == 1_008_000 + 2 * 1_512_000
     store.close()
+
+
+async def test_a_possibly_billed_job_taken_out_of_the_manifest_holds_nothing(
+    make_sim, write_manifest, tmp_path: Path
+) -> None:
+    """A kill during a submit leaves a possibly billed attempt; the user then removes that job from the manifest.
+    Its class must not count as in flight: nothing could ever settle it, and every untold class would wait for ever."""
+    import sqlite3
+
+    sim = await make_sim(SimSettings(latency_s=0.05))
+    out = tmp_path / "out"
+    four = write_manifest(batch_manifest(4, extra="budget: 10\n"), "four.yaml")
+    await run_in_process(four, out, sim, budget_micros=600_000)  # one clip: the rest skipped
+    store = read_state(out)
+    gone = store.jobs()[3]
+    store.close()
+    with sqlite3.connect(out / "state.db") as db:  # as a kill between a submit's intent and its answer leaves it
+        db.execute(
+            "INSERT INTO attempts (job_id, number, transport, started_at, money, reserved_micros, outcome) "
+            "VALUES (?, 1, 'v2', 1, 'ambiguous', 504000, 'ambiguous')",
+            (gone.id,),
+        )
+        db.execute("UPDATE money SET ambiguous_micros = ambiguous_micros + 504000")
+        db.execute("UPDATE jobs SET state = 'pending', reason = NULL WHERE id = ?", (gone.id,))
+    three = write_manifest(batch_manifest(3, extra="budget: 10\n").replace("duration: 3", "duration: 4"), "three.yaml")
+    result = await asyncio.wait_for(run_in_process(three, out, sim), 20)
+    assert result.exit_code == ExitCode.OK and result.counts["done"] == 3
