@@ -643,6 +643,10 @@ class Runner:
     async def _submit_one(self, job: JobRow) -> None:
         await self.slots.acquire()
         reservation = self._reservation(job)
+        if not self.budget.fits(self.store.money(), reservation):  # said before a rate token is spent on it
+            await self.slots.release()
+            await self._over_budget(job, reservation)
+            return
         try:
             await self.rate.acquire()
             if self.stop.submits_closed or self._past_deadline():

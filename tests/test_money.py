@@ -120,3 +120,13 @@ async def test_a_possibly_billed_job_taken_out_of_the_manifest_holds_nothing(
     three = write_manifest(batch_manifest(3, extra="budget: 10\n").replace("duration: 3", "duration: 4"), "three.yaml")
     result = await asyncio.wait_for(run_in_process(three, out, sim), 20)
     assert result.exit_code == ExitCode.OK and result.counts["done"] == 3
+
+
+async def test_jobs_over_the_budget_are_skipped_without_spending_the_rate(
+    make_sim, write_manifest, tmp_path: Path
+) -> None:
+    """At 5 submits a minute, 19 jobs that do not fit are skipped at once, not one every 12 s."""
+    sim = await make_sim(SimSettings(latency_s=0.05))
+    path = write_manifest(batch_manifest(20, extra="budget: 0.6\n"))
+    result = await asyncio.wait_for(run_in_process(path, tmp_path / "out", sim, rpm=5), 20)
+    assert result.exit_code == ExitCode.BUDGET and (result.counts["done"], result.counts["skipped"]) == (1, 19)
