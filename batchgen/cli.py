@@ -24,7 +24,7 @@ from batchgen import __version__
 from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
-from batchgen.pricing import Plan, format_usd, make_plan, micros, usd
+from batchgen.pricing import Plan, format_dollars, format_usd, make_plan, micros, usd
 from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.faults import KINDS, FaultPlan, parse_script
 
@@ -309,7 +309,7 @@ def _models(args: argparse.Namespace) -> int:
         for slug in known_models():
             model = load_model(slug)
             low_high = model.price_range_usd
-            price = f"{format_usd(micros(low_high[0]))}-{format_usd(micros(low_high[1]))}" if low_high else "-"
+            price = f"{format_dollars(low_high[0])}-{format_dollars(low_high[1])}" if low_high else "-"
             seconds = ", ".join(map(str, model.durations))
             rows.append((slug, model.kind, seconds, price, f"~{model.typical_generation_s:.0f} s"))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -454,7 +454,7 @@ def _simulate(args: argparse.Namespace) -> int:
     for key, account in ledger.items():
         print(
             f"{key}: {len(account['requests'])} generation requests, {len(account['charges'])} charged, "
-            f"spent {format_usd(micros(account['spent_usd']))}, balance {format_usd(micros(account['balance_usd']))}, "
+            f"spent {format_dollars(account['spent_usd'])}, balance {format_dollars(account['balance_usd'])}, "
             f"peak in progress {account['peak_in_progress']}{_repeats(account['paid_twice'])}"
         )
     return int(ExitCode.OK)

@@ -174,13 +174,13 @@ class Client:
     def _keyless(self, url: str | None) -> str | None:
         """A video URL the provider named, refused when it carries the key: it would be stored, and sent to the host
         it names (the key goes only to the hosts the user named)."""
-        if url is not None and REDACTED in url:  # the answer's key was scrubbed when it was read: it was there
+        if _carries_key(url):
             raise _protocol("the provider named a video URL that carries the API key: it is not used")
         return url
 
     def _row(self, row: HistoryRow) -> HistoryRow:
         """A history row whose generation URL carries the key has none usable."""
-        if row.generation_url and REDACTED in row.generation_url:
+        if _carries_key(row.generation_url):
             return replace(row, generation_url=None)
         return row
 
@@ -522,6 +522,11 @@ class _Pace:
                     f"{self.floor_bps:,.0f} bytes a second"
                 )
             self.window_start, self.window_bytes = now, 0
+
+
+def _carries_key(url: str | None) -> bool:
+    """Whether a URL the provider named had the key in it (scrubbed when its answer was read)."""
+    return url is not None and REDACTED in url
 
 
 def _origin(url: URL) -> tuple[str, str, int | None]:

@@ -69,6 +69,11 @@ def micros(amount_usd: float) -> int:
     return round(amount_usd * MICROS_PER_USD)
 
 
+def format_dollars(amount_usd: float) -> str:
+    """An amount in USD (as JSON data carries it) in ``format_usd``'s one format."""
+    return format_usd(micros(amount_usd))
+
+
 def format_usd(micros_: int) -> str:
     """µUSD as ``$0.504``, ``$2.520``, ``$1,008.000``: always to the thousandth of a dollar, the precision of the
     provider's prices ($0.168 a second), in every command, log and the gallery alike."""

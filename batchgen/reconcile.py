@@ -13,7 +13,7 @@ from batchgen import journal
 from batchgen.canonical import canonical_json
 from batchgen.client import Client
 from batchgen.outputs import RunDir
-from batchgen.pricing import format_usd, micros, usd
+from batchgen.pricing import format_dollars, usd
 from batchgen.store import Store
 
 WINDOW_SKEW_S = 2.0  # run.log's times are whole seconds, and the provider's clock may differ a little
@@ -66,22 +66,19 @@ async def reconcile(store: Store, client: Client, run_dir: RunDir | None = None)
 def reconcile_text(data: dict[str, Any]) -> str:
     """``reconcile`` for people."""
     lines = [
-        f"provider: {data['provider_requests']} requests, {_usd(data['provider_billed_usd'])} billed; "
-        f"state: {_usd(data['state_settled_usd'])} settled (+ {_usd(data['state_possibly_billed_usd'])} possibly "
-        "billed)"
+        f"provider: {data['provider_requests']} requests, {format_dollars(data['provider_billed_usd'])} billed; "
+        f"state: {format_dollars(data['state_settled_usd'])} settled "
+        f"(+ {format_dollars(data['state_possibly_billed_usd'])} possibly billed)"
     ]
     for row in data["billed_unknown_to_state"]:
         job = f" (job {row['job']}, by its payload)" if row["job"] else ""
         if row.get("in_run_log"):
             job = f" (job {row['in_run_log']}: run.log names it; the state lost it)"
         lines.append(
-            f"  billed by the provider, unknown to the state: request {row['request_id']} {_usd(row['cost_usd'])}{job}"
+            f"  billed by the provider, unknown to the state: request {row['request_id']} "
+            f"{format_dollars(row['cost_usd'])}{job}"
         )
     for row in data["paid_in_state_not_billed"]:
         lines.append(f"  paid in the state, not billed by the provider: request {row['request_id']} (job {row['job']})")
     lines.append("the books agree" if data["agree"] else "the books differ")
     return "\n".join(lines)
-
-
-def _usd(amount_usd: float) -> str:
-    return format_usd(micros(amount_usd))

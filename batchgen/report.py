@@ -14,7 +14,7 @@ import av
 from batchgen.budget import Budget
 from batchgen.errors import BatchgenError
 from batchgen.outputs import RunDir, make_poster, write_text
-from batchgen.pricing import format_usd, micros, usd
+from batchgen.pricing import format_dollars, usd
 from batchgen.store import IN_FLIGHT, JobRow, Store
 
 
@@ -70,8 +70,8 @@ def _above_estimate(store: Store) -> dict[str, Any]:
 def _above_text(above: dict[str, Any]) -> str:
     count = above["attempts"]
     return (
-        f"charged above the estimate: {count} attempt{'s' * (count != 1)}, {_dollars(above['extra_usd'])} more than "
-        "reserved (the provider's price is above the table; later jobs like them reserve what it charged)"
+        f"charged above the estimate: {count} attempt{'s' * (count != 1)}, {format_dollars(above['extra_usd'])} more "
+        "than reserved (the provider's price is above the table; later jobs like them reserve what it charged)"
     )
 
 
@@ -81,15 +81,17 @@ def status_text(data: dict[str, Any]) -> str:
     shown = ", ".join(f"{counts[state]} {state}" for state in counts if counts[state])
     money = data["money"]
     lines = [f"{data['name'] or 'this run'}: {data['total']} jobs: {shown or 'none'}"]
-    spent = _dollars(money["spent_usd"])
+    spent = format_dollars(money["spent_usd"])
     maybe = (
-        f" (of which {_dollars(money['possibly_billed_usd'])} possibly billed)" if money["possibly_billed_usd"] else ""
+        f" (of which {format_dollars(money['possibly_billed_usd'])} possibly billed)"
+        if money["possibly_billed_usd"]
+        else ""
     )
-    reserved = f", {_dollars(money['reserved_usd'])} reserved" if money["reserved_usd"] else ""
+    reserved = f", {format_dollars(money['reserved_usd'])} reserved" if money["reserved_usd"] else ""
     if money["budget_usd"] is None:
         lines.append(f"money: {spent} spent{maybe}{reserved}, no budget")
     else:
-        left, budget = _dollars(money["left_usd"]), _dollars(money["budget_usd"])
+        left, budget = format_dollars(money["left_usd"]), format_dollars(money["budget_usd"])
         lines.append(f"money: {spent} spent{maybe}{reserved}, {left} left of {budget}")
     for row in data["in_flight"]:
         problem = f"  (last problem: {row['last_problem']})" if row["last_problem"] else ""
@@ -114,10 +116,6 @@ def status_text(data: dict[str, Any]) -> str:
     for row in data["not_in_manifest"]:
         lines.append(f"  not in manifest  {row['job']}  ({row['state']})")
     return "\n".join(lines)
-
-
-def _dollars(amount_usd: float) -> str:
-    return format_usd(micros(amount_usd))
 
 
 # --- the morning-after view: summary.json and index.html ------------------------------------------------------
@@ -234,8 +232,8 @@ def gallery_html(summary: dict[str, Any]) -> str:
     the provider is escaped."""
     counts = summary["counts"]
     money = summary["money"]
-    spent = _dollars(money["spent_usd"])
-    of = f" of {_dollars(money['budget_usd'])}" if money["budget_usd"] is not None else ""
+    spent = format_dollars(money["spent_usd"])
+    of = f" of {format_dollars(money['budget_usd'])}" if money["budget_usd"] is not None else ""
     wall = summary["wall_time_s"]
     stats = " · ".join(
         f"<b>{counts[s]}</b> {s}" for s in ("done", "failed", "lost", "skipped", "pending") if counts.get(s)
@@ -281,7 +279,7 @@ def _card(job: dict[str, Any]) -> str:
     return (
         f'<article class="card state-{_e(state)}" data-state="{_e(state)}">{picture}'
         f'<h3>{_e(job["id"])}</h3><p class="meta"><span class="badge">{_e(state)}</span> take {job["take"]} · '
-        f"{_e(_dollars(job['cost_usd']))} · {_e(duration)} · {job['attempts']} "
+        f"{_e(format_dollars(job['cost_usd']))} · {_e(duration)} · {job['attempts']} "
         f"attempt{'s' * (job['attempts'] != 1)}</p>"
         f'<p class="prompt">{_e(job["prompt"])}</p><p class="meta">{_e(params)}</p>{warnings}{twice}</article>'
     )

@@ -50,7 +50,7 @@ from batchgen.outputs import (
     write_json,
 )
 from batchgen.polling import PollSchedule
-from batchgen.pricing import clip_spec, format_usd
+from batchgen.pricing import clip_spec, format_dollars, format_usd
 from batchgen.store import AttemptRow, JobRow, Money, Store
 from batchgen.verify import find_bad_videos
 
@@ -458,8 +458,7 @@ class Runner:
             self._event(
                 "warning",
                 None,
-                f"! the balance ({format_usd(round(balance * 1_000_000))}) is below the estimate of what is left "
-                f"({format_usd(todo)})",
+                f"! the balance ({format_dollars(balance)}) is below the estimate of what is left ({format_usd(todo)})",
             )
 
     # --- submitting ---------------------------------------------------------------------------------------
