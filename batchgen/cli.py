@@ -24,6 +24,7 @@ from batchgen import __version__
 from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
 from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
+from batchgen.models import known_models, load_model
 from batchgen.pricing import Plan, format_dollars, format_usd, make_plan, micros, usd
 from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.faults import KINDS, FaultPlan, parse_script
@@ -206,8 +207,9 @@ def _load(path: str, max_jobs: int) -> tuple[Manifest, list[Job]]:
 
 def _plan_of(manifest: Manifest, jobs: list[Job], budget_usd: float | None) -> Plan:
     budget = budget_usd if budget_usd is not None else manifest.budget_usd
-    pairs = [(job.id, job.payload) for job in jobs]
-    return make_plan(pairs, manifest.model, manifest.price, None if budget is None else micros(budget))
+    triples = [(job.id, load_model(job.model), job.payload) for job in jobs]
+    tables = {model.slug: manifest.price_table(model) for model in manifest.models}
+    return make_plan(triples, tables, None if budget is None else micros(budget))
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -246,9 +248,13 @@ def _plan_json(manifest: Manifest, plan: Plan) -> dict[str, Any]:
         "manifest": manifest.file,
         "name": manifest.name,
         "model": manifest.model.slug,
+        "models": {
+            slug: {"jobs": count, "estimate_usd": usd(money)} for slug, (count, money) in plan.by_model().items()
+        },
         "jobs": [
             {
                 "id": row.job_id,
+                "model": row.model,
                 "duration_s": row.spec.seconds,
                 "aspect_ratio": row.spec.aspect_ratio,
                 "audio": row.spec.audio,
@@ -279,9 +285,15 @@ def _plan_table(manifest: Manifest, plan: Plan) -> str:
             f"{format_usd(row.estimate_micros):>9}{mark}"
         )
     lines.append("")
+    models = plan.by_model()
+    if len(models) > 1:
+        slug_width = max(len(slug) for slug in models)
+        for slug, (count, money) in models.items():
+            lines.append(f"{slug:<{slug_width}}  {count:>6} job{'s' * (count != 1):<1}  {format_usd(money):>11}")
+        lines.append("")
+    titles = ", ".join(load_model(slug).title for slug in models) or manifest.model.title
     lines.append(
-        f"{len(plan.rows)} jobs, {plan.total_seconds} s of video, estimated {format_usd(plan.total_micros)} "
-        f"({manifest.model.title})"
+        f"{len(plan.rows)} jobs, {plan.total_seconds} s of video, estimated {format_usd(plan.total_micros)} ({titles})"
     )
     if plan.budget_micros is not None:
         lines.append(f"budget {format_usd(plan.budget_micros)}: {plan.jobs_within_budget} of {len(plan.rows)} jobs fit")
@@ -301,7 +313,6 @@ def _add_models(commands: Any) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from batchgen.models import known_models, load_model
     from batchgen.validation import did_you_mean
 
     if args.slug is None:
@@ -333,7 +344,7 @@ def _model_text(model: Any) -> str:
     for name, field in model.request_fields.items():
         kind = field.get("type", "")
         if "x-image" in field:
-            kind = f"an image's https URL (the image at most {field['x-image']['max_bytes'] // (1 << 20)} MB)"
+            kind = f"an image: a local file or an https URL (at most {field['x-image']['max_bytes'] // (1 << 20)} MB)"
         parts = [kind, "required" if name in required else ""]
         if "default" in field:
             parts.append(f"default {json.dumps(field['default'])}")
@@ -344,10 +355,21 @@ def _model_text(model: Any) -> str:
         if "maximum" in field:
             parts.append(f"at most {field['maximum']}")
         lines.append(f"  {name}: " + "; ".join(part for part in parts if part))
-    price = model.price
-    lines.append(f"price: ${price.silent}/s silent, ${price.audio}/s with audio, ${price.voice}/s with voice")
+    lines.append(f"price ({'per second' if model.price.per == 'second' else 'per clip'}, the first that applies):")
+    for rule in model.price.rules:
+        when = ", ".join(f"{name} {'/'.join(map(_plain, values))}" for name, values in rule.when) or "otherwise"
+        lines.append(f"  {rule.label}: {format_dollars(rule.usd)} ({when})")
+    if model.price_range_usd:
+        low, high = model.price_range_usd
+        lines.append(f"the page's range: {format_dollars(low)}-{format_dollars(high)} a clip")
+    else:
+        lines.append("the page's range: not stated (every price above is a guess)")
     lines.extend(f"guess: {guess}" for guess in model.guesses)
     return "\n".join(lines)
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _add_simulate(commands: Any) -> None:
@@ -493,7 +515,8 @@ async def _serve(
         print(f"simulator serving {simulator.base_url} (Ctrl-C stops it and prints the ledger)")
         print(f"  export SEGMIND_BASE_URL={simulator.base_url}")
         print(f"  export SEGMIND_API_KEY={settings.keys[0]}")
-        print(f"  export SEGMIND_HISTORY_URL={simulator.base_url}", flush=True)  # it serves the history too
+        print(f"  export SEGMIND_HISTORY_URL={simulator.base_url}")  # it serves the history too
+        print(f"  export SEGMIND_UPLOAD_URL={simulator.base_url}", flush=True)  # and the storage
         await stop.wait()
         return simulator.ledger()
 
@@ -606,6 +629,7 @@ def _target(args: argparse.Namespace, manifest: Manifest) -> Target:
         environ=os.environ,
         allow_insecure_http=args.allow_insecure_http,
         history_url_flag=args.history_url,
+        upload_url_flag=args.upload_url,
     )
 
 
@@ -669,7 +693,7 @@ async def _run_async(
         # run does: its requests are still there to poll, fetch and find in the history, and none is paid twice.
         sim_settings = SimSettings(latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
         async with running_simulator(sim_settings, journal=run_dir.root / SIMULATOR_JOURNAL) as simulator:
-            sim_target = Target(simulator.base_url, DEFAULT_KEY, simulator.base_url)
+            sim_target = Target(simulator.base_url, DEFAULT_KEY, simulator.base_url, simulator.base_url)
             return await _drive(manifest, store, run_dir, settings, sim_target, progress)
     return await _drive(manifest, store, run_dir, settings, target, progress)
 
@@ -686,12 +710,12 @@ async def _drive(
     client = Client(
         target.base_url,
         target.api_key,
-        manifest.model.slug,
         connections=max(100, settings.concurrency * 2),
         history_url=target.history_url,
+        upload_url=target.upload_url,
     )
     async with client:
-        runner = Runner(store, run_dir, client, manifest.model, settings, on_event=progress.event)
+        runner = Runner(store, run_dir, client, settings, on_event=progress.event)
         progress.runner = runner
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -874,6 +898,12 @@ def _add_where(command: argparse.ArgumentParser) -> None:
         help="the provider's request history (default "
         "$SEGMIND_HISTORY_URL, else https://api.spotprod.segmind.com; 'off' for none)",
     )
+    command.add_argument(
+        "--upload-url",
+        metavar="URL",
+        help="the provider's storage, where local images are uploaded (default $SEGMIND_UPLOAD_URL, else "
+        "https://workflows-api.segmind.com)",
+    )
 
 
 def _add_provider_flags(command: argparse.ArgumentParser, what: str) -> None:
@@ -900,7 +930,7 @@ async def _provider_of(args: argparse.Namespace, manifest: Manifest, root: Path)
     if not journal.exists():
         raise UsageError(f"{root} was not run with --simulate: there is no {journal.name} in it")
     async with running_simulator(journal=journal) as simulator:
-        yield Target(simulator.base_url, DEFAULT_KEY, simulator.base_url)
+        yield Target(simulator.base_url, DEFAULT_KEY, simulator.base_url, simulator.base_url)
 
 
 def _add_reconcile(commands: Any) -> None:
@@ -930,7 +960,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             async with _provider_of(args, manifest, root) as target:
                 if target.history_url is None:
                     raise UsageError("reconcile needs the request history: give --history-url")
-                client = Client(target.base_url, target.api_key, manifest.model.slug, history_url=target.history_url)
+                client = Client(target.base_url, target.api_key, history_url=target.history_url)
                 async with client:
                     return await reconcile(store, client, run_dir)
 

@@ -1,12 +1,14 @@
-"""The provider's HTTP protocol (v1 and v2): the only user of aiohttp's client.
+"""Segmind's HTTP protocol (v1 and v2, the request history, the storage): the only user of aiohttp's client, and
+the :class:`~batchgen.provider.Provider` the runner uses.
 
 Every error of aiohttp is mapped here, at one seam (``_exchange``), to an :class:`AnswerError` carrying the
 :class:`Decision` of ``decisions.classify``. What holds off loopback (``DESIGN.md``, invariants 6-8):
 
-- **The key stays home.** ``x-api-key`` goes only to the origins the user configured (the API's base URL and the
-  request history's). Poll and result URLs are derived from the base URL and the request id, as Segmind's SDK
-  derives them, never taken from an answer; video URLs on other hosts are fetched without the key. Redirects are
-  followed here, hop by hop: a hop to another origin drops the key, and one from https to plain http is refused.
+- **The key stays home.** ``x-api-key`` goes only to the origins the user configured (the API's base URL, the
+  request history's and the storage's, where local images are uploaded). Poll and result URLs are derived from the
+  base URL and the request id, as Segmind's SDK derives them, never taken from an answer; video URLs on other hosts
+  are fetched without the key. Redirects are followed here, hop by hop: a hop to another origin drops the key, and
+  one from https to plain http is refused.
   Any text of the provider is stripped of the key before it leaves this module (a provider may quote it back).
 - **An answer is read whole**, to its end, under a size cap, however many pieces it arrives in; a partial read is
   never data.
@@ -27,17 +29,21 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from batchgen.decisions import Decision, classify, provider_message
-from batchgen.errors import ProviderError
 from batchgen.history import HistoryRow, HistoryShapeError, parse_cost, parse_page, parse_row
+from batchgen.provider import AnswerError, Completed, Sink
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
 DEFAULT_HISTORY_URL = "https://api.spotprod.segmind.com"
+# Segmind's storage, as its SDK uploads to it (segmind 1.3.0, ``Files.STORAGE_BASE_URL`` + "/upload-asset", JSON
+# ``{"data_urls": [...]}`` answered ``{"file_urls": [...]}``); the pages do not document it.
+DEFAULT_UPLOAD_URL = "https://workflows-api.segmind.com"
+UPLOAD_PATH = "/upload-asset"
 HISTORY_PATH = "/inference-request/request-history"
 HISTORY_WINDOW_DAYS = 31
 HISTORY_PER_PAGE = 100
@@ -53,30 +59,6 @@ REDACTED = "[the API key]"  # what stands where the provider quoted the key
 SHORTEST_REDACTED_KEY = 6  # a shorter "key" (a test's "k") would blank every such letter of every message
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class AnswerError(ProviderError):
-    """An attempt ended on an answer (or a silence) of the provider; ``decision`` says what it means."""
-
-    def __init__(self, decision: Decision) -> None:
-        self.decision = decision
-        super().__init__(decision.message)
-
-
-class Sink(Protocol):
-    """Where downloaded bytes go (``outputs.PartFile``)."""
-
-    def write(self, chunk: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class Completed:
-    """A finished generation: where its video is and what it cost (µUSD, when the provider says)."""
-
-    request_id: str | None
-    video_url: str | None
-    cost_micros: int | None
-    cost_note: str | None = None  # why a cost the provider reported cannot be used (the estimate stands in)
 
 
 @dataclass(frozen=True)
@@ -115,35 +97,35 @@ def _redacting(
 
 
 class Client:
-    """Calls one model of the provider with one key."""
+    """Calls the provider's models with one key (each call names its model)."""
 
     def __init__(
         self,
         base_url: str,
         api_key: str,
-        model: str,
         *,
         max_video_bytes: int = 2 << 30,
         timeouts: Timeouts | None = None,
         clock: Callable[[], float] = time.time,
         connections: int = 100,
         history_url: str | None = None,
+        upload_url: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.history_url = history_url.rstrip("/") if history_url else None
-        self.model = model
+        self.upload_url = upload_url.rstrip("/") if upload_url else None
         self.max_video_bytes = max_video_bytes
         self.timeouts = timeouts or Timeouts()
         self.clock = clock
         self.reached_at: float | None = None  # when the API's origin last answered anything (``clock`` time)
         self._key = api_key
-        origins = [self.base_url, *([self.history_url] if self.history_url else [])]
+        origins = [self.base_url, *(url for url in (self.history_url, self.upload_url) if url)]
         self._trusted = {_origin(URL(origin)) for origin in origins}
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never the key
-        return f"Client({self.base_url!r}, model={self.model!r})"
+        return f"Client({self.base_url!r})"
 
     async def __aenter__(self) -> Client:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._connections))
@@ -198,10 +180,10 @@ class Client:
     # --- v2 -----------------------------------------------------------------------------------------------
 
     @_redacting
-    async def submit(self, payload: Mapping[str, Any]) -> str:
+    async def submit(self, model: str, payload: Mapping[str, Any]) -> str:
         """``POST /v2/{model}``: the request id (the URLs of the answer are not used: see the module's doc)."""
         async with self._exchange(
-            "submit", "POST", f"{self.base_url}/v2/{self.model}", self.timeouts.submit_s, json=payload
+            "submit", "POST", f"{self.base_url}/v2/{model}", self.timeouts.submit_s, json=payload
         ) as response:
             try:
                 data = await _json_of(response, "submit", scrub=self.scrub)
@@ -252,13 +234,13 @@ class Client:
 
     @_redacting
     async def generate(
-        self, payload: Mapping[str, Any], sink: Sink, on_billed: Callable[[Completed], None]
+        self, model: str, payload: Mapping[str, Any], sink: Sink, on_billed: Callable[[Completed], None]
     ) -> Completed:
         """``POST /v1/{model}``: wait for the video; bytes go to ``sink``, a URL is returned for download.
 
         ``on_billed`` is called as soon as a 200 arrives (the clip is paid), before the body is read.
         """
-        url = f"{self.base_url}/v1/{self.model}"
+        url = f"{self.base_url}/v1/{model}"
         async with self._exchange("submit", "POST", url, self.timeouts.v1_s, json=payload) as response:
             billed = Completed(response.headers.get("x-request-id"), None, *parse_cost(response.headers.get("x-cost")))
             on_billed(billed)
@@ -327,8 +309,26 @@ class Client:
             raise _unreadable_history(exc) from exc
 
     @_redacting
-    async def history_since(self, since: float) -> list[HistoryRow]:
-        """Every request of this model created since ``since`` (epoch), all pages, one row per request id.
+    async def upload(self, data_url: str) -> str:
+        """Put one file (a ``data:`` URL) in the provider's storage: the URL it answers for it. Free, so an answer
+        that is lost is simply asked again."""
+        if not self.upload_url:
+            raise AnswerError(Decision("stop_run", "no", "no storage URL is set to upload local images to"))
+        url = f"{self.upload_url}{UPLOAD_PATH}"
+        body = {"data_urls": [data_url]}
+        async with self._exchange("upload", "POST", url, self.timeouts.submit_s, json=body) as response:
+            data = await _json_of(response, "upload", scrub=self.scrub)
+        urls = data.get("file_urls")
+        stored = urls[0] if isinstance(urls, list) and len(urls) == 1 else None
+        if not isinstance(stored, str) or URL(stored).scheme not in ("http", "https") or not URL(stored).host:
+            raise AnswerError(
+                Decision("retry", "no", f"the upload answer names no file URL: {_show(data)}", 200, cause="unreadable")
+            )
+        return str(self._keyless(stored))
+
+    @_redacting
+    async def history_since(self, since: float, model: str) -> list[HistoryRow]:
+        """Every request of ``model`` created since ``since`` (epoch), all pages, one row per request id.
 
         The window starts on the day of ``since`` (at most 31 days back, as the provider allows). A page in a shape
         batchgen cannot read is an error (``cause`` unreadable), never "no rows".
@@ -342,7 +342,7 @@ class Client:
                 "per_page": HISTORY_PER_PAGE,
                 "from_date": start.isoformat(),
                 "to_date": today.isoformat(),
-                "model_name": self.model,
+                "model_name": model,
                 "sort_by": "model_created",
                 "sort_order": "desc",
             }
@@ -354,7 +354,7 @@ class Client:
             except HistoryShapeError as exc:
                 raise _unreadable_history(exc) from exc
             for row in parsed.rows:
-                if row.created_at >= since and row.model in ("", self.model):
+                if row.created_at >= since and row.model in ("", model):
                     rows.setdefault(
                         row.request_id, self._row(row)
                     )  # a request with several outputs shows once per output

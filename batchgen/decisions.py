@@ -1,7 +1,7 @@
 """What an answer of the provider means: one pure function over the table of ``segmind-api.md``.
 
 ``classify(phase, status, headers, body)`` → :class:`Decision`, where ``phase`` is one of submit, poll, result,
-download, credits or history. ``status`` is ``None`` when no answer arrived
+download, credits, upload or history. ``status`` is ``None`` when no answer arrived
 (``body`` then says whether the request was surely not sent: ``"unsent"``). Nothing else in batchgen looks at a
 status code.
 
@@ -61,7 +61,7 @@ def classify(phase: str, status: int | None, headers: Mapping[str, str], body: b
         return Decision("ok", "yes", "", status)
     action = _ACTIONS.get(status) or ("retry" if status >= 500 else "fail_job")
     if status == 404:
-        action = "stop_run" if phase == "submit" else "lost" if phase in ("poll", "result") else "fail_job"
+        action = "stop_run" if phase in ("submit", "upload") else "lost" if phase in ("poll", "result") else "fail_job"
     if status == 429:
         return Decision("pause_submits", "no", message, status, pause_until(headers, now))
     billed = "unknown" if action == "lost" else "no"

@@ -3,7 +3,8 @@
 A job id reads ``<shot-id>[-<combination slug>][-t<take>]-<8 hex>``; the hex is the start of the sha256 of the
 canonical JSON of ``{model, payload, take}``. The same content gives the same id in every process, whatever the key
 order of the YAML, and any change to what is sent gives a new id: that is what lets a rerun skip finished work and
-redo only what changed.
+redo only what changed. A local image is in the payload as the sha256 of its bytes (``images.py``): editing the image
+makes new ids, moving it does not.
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ def expand(manifest: Manifest, *, max_jobs: int = MAX_JOBS) -> list[Job]:
         for combination in manifest.combinations(shot):
             slug = combination_slug(combination.values)
             for take in range(1, shot.takes + 1):
-                digest = content_hash({"model": manifest.model.slug, "payload": combination.fields, "take": take})
+                model = combination.model.slug
+                digest = content_hash({"model": model, "payload": combination.fields, "take": take})
                 parts = [shot.id, slug, f"t{take}" if shot.takes > 1 else "", digest[:8]]
                 job_id = "-".join(part for part in parts if part)
-                jobs.append(
-                    Job(job_id, len(jobs), shot.id, take, combination.values, manifest.model.slug, combination.fields)
-                )
+                jobs.append(Job(job_id, len(jobs), shot.id, take, combination.values, model, combination.fields))
     return jobs
 
 

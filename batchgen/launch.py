@@ -20,22 +20,26 @@ from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 from yarl import URL
 
 from batchgen import __version__
-from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL
+from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL, DEFAULT_UPLOAD_URL
 from batchgen.errors import StateError, UsageError
+from batchgen.images import LocalImage
 from batchgen.jobs import Job, expand
 from batchgen.manifest import Manifest, load_manifest, manifest_from_data
+from batchgen.models import load_model
 from batchgen.outputs import RunDir, RunLock
 from batchgen.pricing import estimate_micros, price_class
-from batchgen.store import Owner, Store
+from batchgen.store import ImageRow, Owner, Store
 from batchgen.yamlsource import parse_document, read_source
 
 BASE_URL_ENV = "SEGMIND_BASE_URL"
 OWNER_STALE_S = 60.0  # an owner not heard from for this long is gone (a run says it is alive every 10 s)
 HISTORY_URL_ENV = "SEGMIND_HISTORY_URL"
+UPLOAD_URL_ENV = "SEGMIND_UPLOAD_URL"
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,10 @@ class Target:
     base_url: str
     api_key: str
     history_url: str | None = None
+    upload_url: str | None = None
 
     def __repr__(self) -> str:
-        return f"Target(base_url={self.base_url!r}, history_url={self.history_url!r})"
+        return f"Target(base_url={self.base_url!r}, history_url={self.history_url!r}, upload_url={self.upload_url!r})"
 
 
 def run_root(name: str, out: str | None) -> Path:
@@ -63,9 +68,11 @@ def resolve_target(
     environ: Mapping[str, str],
     allow_insecure_http: bool = False,
     history_url_flag: str | None = None,
+    upload_url_flag: str | None = None,
 ) -> Target:
     """The base URL (flag, ``SEGMIND_BASE_URL``, the manifest's ``api.base_url``, the default), the request
-    history's (flag, ``SEGMIND_HISTORY_URL``, the default; ``off`` for none) and the key."""
+    history's (flag, ``SEGMIND_HISTORY_URL``, the default; ``off`` for none), the storage's (flag,
+    ``SEGMIND_UPLOAD_URL``, the default) and the key."""
     base_url = base_url_flag or environ.get(BASE_URL_ENV) or manifest.base_url or DEFAULT_BASE_URL
     check_base_url(base_url, allow_insecure_http)
     history_url: str | None = history_url_flag or environ.get(HISTORY_URL_ENV) or DEFAULT_HISTORY_URL
@@ -73,13 +80,15 @@ def resolve_target(
         history_url = None
     else:
         check_base_url(str(history_url), allow_insecure_http)
+    upload_url = upload_url_flag or environ.get(UPLOAD_URL_ENV) or DEFAULT_UPLOAD_URL
+    check_base_url(upload_url, allow_insecure_http)
     key = environ.get(key_env, "").strip()
     if not key:
         raise UsageError(
             f"no API key: set {key_env} (or name another variable with --api-key-env), "
             "or pass --simulate to run against the built-in simulator"
         )
-    return Target(base_url, key, history_url)
+    return Target(base_url, key, history_url, upload_url)
 
 
 def check_base_url(base_url: str, allow_insecure_http: bool) -> None:
@@ -179,9 +188,37 @@ def _known_manifest(root: Path, digest: str, file: str) -> Manifest | None:
         if store.get_meta("manifest_digest") != digest:
             return None
         data = store.get_meta("manifest_data")
+        stamps = store.get_meta("manifest_images", [])
     finally:
         store.close()
-    return manifest_from_data(file, data) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not images_unchanged(stamps):
+        return None
+    return manifest_from_data(file, data)
+
+
+def image_stamps(images: list[LocalImage]) -> list[list[Any]]:
+    """What tells, cheaply, that the local images a run's jobs were made from are still the same: each one's path,
+    size, modification time and sha256."""
+    stamps = []
+    for image in images:
+        info = os.stat(image.path)
+        stamps.append([image.path, info.st_size, info.st_mtime_ns, image.sha256])
+    return stamps
+
+
+def images_unchanged(stamps: Any) -> bool:
+    """Whether every local image of ``image_stamps`` still holds the same content: one whose size or time changed
+    is read again and hashed (a file touched but not changed is still the same)."""
+    for path, size, mtime_ns, sha256 in stamps if isinstance(stamps, list) else []:
+        try:
+            info = os.stat(path)
+            if (info.st_size, info.st_mtime_ns) == (size, mtime_ns):
+                continue
+            if hashlib.sha256(Path(path).read_bytes()).hexdigest() != sha256:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 @contextmanager
@@ -201,13 +238,19 @@ def open_run(
             now = time.time()
             if jobs is None:
                 store.requeue_skipped(now)
-                store.fill_price_classes(lambda payload: price_class(payload, manifest.model))
+                store.fill_price_classes(lambda model, payload: price_class(payload, load_model(model)))
             else:
-                estimates = [estimate_micros(job.payload, manifest.model, manifest.price) for job in jobs]
-                classes = [price_class(job.payload, manifest.model) for job in jobs]
+                models = {job.model: load_model(job.model) for job in jobs}
+                tables = {slug: manifest.price_table(model) for slug, model in models.items()}
+                estimates = [estimate_micros(job.payload, models[job.model], tables[job.model]) for job in jobs]
+                classes = [price_class(job.payload, models[job.model]) for job in jobs]
                 store.sync_jobs(jobs, estimates, classes, now)
+                images = list(manifest.local_images().values())
+                store.sync_images([ImageRow(i.sha256, i.path, i.mime, i.size) for i in images])
                 if digest is not None:
-                    store.set_meta(manifest_digest=digest, manifest_data=manifest.data)
+                    store.set_meta(
+                        manifest_digest=digest, manifest_data=manifest.data, manifest_images=image_stamps(images)
+                    )
             store.set_meta(
                 name=manifest.name,
                 manifest=os.path.abspath(manifest.file),

@@ -1,12 +1,19 @@
 """A manifest file → a validated :class:`Manifest`, or a :class:`ManifestError` naming every problem at once.
 
-Validation runs in three layers, each reporting at the line:col of the YAML node at fault:
+Each shot runs one model (``model:`` at the top, in the shot, or as a matrix axis: ``matrix: {model: [a, b]}``), and
+its request fields are the ones of that model. Validation runs in three layers, each reporting at the line:col of the
+YAML node at fault:
 
 1. the YAML itself (``yamlsource``): syntax, encoding, duplicate keys, size;
-2. the JSON Schemas (``schema/manifest.schema.json`` with the model's request fields filled in);
-3. the rules a schema cannot state, checked on every matrix combination of every shot: templates refer to matrix
-   variables and every variable is used, ``multi_prompt`` segments add up to ``duration``, ``<<<voice_N>>>`` refers
-   to a listed voice, the rendered request is valid, shot ids are unique, the job count is bounded.
+2. the manifest's JSON Schema (``schema/manifest.schema.json``): its structure, and that every request field is a
+   field of some model batchgen knows;
+3. every matrix combination of every shot against its model's request schema (a field the model lacks, a value it
+   does not take, each naming the model when the manifest uses several), and the rules a schema cannot state:
+   templates refer to matrix variables and every variable is used, ``multi_prompt`` segments add up to ``duration``,
+   ``<<<voice_N>>>`` refers to a listed voice, a local image exists, is an image and is within the model's limit,
+   shot ids are unique, the job count is bounded.
+
+A problem found the same way by several combinations (a default every combination inherits) is reported once.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import ManifestError, Problem
-from batchgen.models import DEFAULT_MODEL, Model, PriceRow, known_models, load_model
+from batchgen.images import ImageProblem, LocalImage, Slot, image_slots, read_image, replace_images, slot_limit
+from batchgen.models import DEFAULT_MODEL, Model, PriceTable, known_models, load_model
 from batchgen.validation import did_you_mean, make_validator, schema_problems
 from batchgen.yamlsource import Document, Path_, format_path, load_document
 
@@ -32,6 +40,7 @@ MAX_JOBS = 10_000
 DEFAULT_CONCURRENCY = 4
 DEFAULT_RPM = 5
 TEMPLATE_FIELDS = ("prompt", "negative_prompt")
+MODEL_AXIS = "model"
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
 
@@ -45,6 +54,7 @@ class Shot:
     fields: Mapping[str, Any]
     matrix: tuple[tuple[str, tuple[Any, ...]], ...]
     takes: int
+    model: str | None = None  # its own `model:`, when it names one
 
     @property
     def combination_count(self) -> int:
@@ -54,23 +64,28 @@ class Shot:
 
 @dataclass(frozen=True)
 class Combination:
-    """One matrix combination of a shot: its matrix values and the rendered request fields."""
+    """One matrix combination of a shot: its model, its matrix values and the rendered request fields (a local
+    image stands as its content's reference: see ``images``)."""
 
     shot: Shot
     values: tuple[tuple[str, Any], ...]
     fields: Mapping[str, Any]
+    model: Model
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest. Request fields are normalised (``duration: 5`` is ``"5"``)."""
+    """A validated manifest. Request fields are normalised per model when a combination is made (``duration: 5``
+    is ``"5"`` for a model that takes it as text)."""
 
     file: str
     name: str
     model: Model
+    """The model of every shot that does not name its own."""
     defaults: Mapping[str, Any]
     shots: tuple[Shot, ...]
-    price: PriceRow
+    prices: Mapping[str, PriceTable] = field(default_factory=dict)
+    """Price tables the manifest's ``pricing:`` changed, by model slug (the others are the models' own)."""
     budget_usd: float | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     rpm: int = DEFAULT_RPM
@@ -78,18 +93,42 @@ class Manifest:
     base_url: str | None = None
     transport: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    """The normalised document it was built from (kept by a run's state: see ``manifest_from_data``)."""
+    """The document it was built from (kept by a run's state: see ``manifest_from_data``)."""
+    images: dict[str, LocalImage | ImageProblem] = field(default_factory=dict, compare=False, repr=False)
+    """Every local image read so far, by its absolute path (each file is read once)."""
 
     @property
     def job_count(self) -> int:
         """How many jobs the manifest expands to, counted without expanding it."""
         return sum(shot.combination_count * shot.takes for shot in self.shots)
 
+    @property
+    def models(self) -> tuple[Model, ...]:
+        """Every model the shots use, in the order they first appear."""
+        slugs = dict.fromkeys(slug for shot in self.shots for slug in self.shot_models(shot))
+        return tuple(load_model(slug) for slug in slugs if slug in known_models())
+
+    def shot_models(self, shot: Shot) -> tuple[str, ...]:
+        """The slugs of the models ``shot`` runs (several with a matrix over ``model``)."""
+        for name, values in shot.matrix:
+            if name == MODEL_AXIS:
+                return tuple(str(value) for value in values)
+        return (shot.model or self.model.slug,)
+
+    def price_table(self, model: Model) -> PriceTable:
+        """The prices of ``model``'s jobs: its own table, with what the manifest's ``pricing:`` changed."""
+        return self.prices.get(model.slug, model.price)
+
+    def local_images(self) -> dict[str, LocalImage]:
+        """Every local image the manifest's jobs send, by sha256."""
+        return {image.sha256: image for image in self.images.values() if isinstance(image, LocalImage)}
+
     def combinations(self, shot: Shot) -> Iterator[Combination]:
         """Every matrix combination of ``shot``, in file order (the last variable varies fastest)."""
         for choices in _choices(shot):
-            fields, _ = _merge(self, shot, choices)
-            yield Combination(shot, _values(shot, choices), fields)
+            fields, _, model = _merge(self, shot, choices)
+            fields, _ = _with_images(self, model, fields)
+            yield Combination(shot, _values(shot, choices), fields, model)
 
 
 def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Document | None = None) -> Manifest:
@@ -99,8 +138,7 @@ def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Docum
     data: dict[str, Any] = doc.data
     problems: list[Problem] = list(doc.problems)
     model = _model_of(doc, problems)
-    _normalise(data, model)
-    structural = schema_problems(_manifest_validator(model.slug), data, _locator(doc))
+    structural = schema_problems(_manifest_validator(), data, _locator(doc))
     problems.extend(structural)
     if (
         _at(structural, ("version",))
@@ -108,24 +146,27 @@ def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Docum
         or not isinstance(data.get("shots"), list)
     ):
         raise ManifestError(problems)
-    broken_defaults = {name for name in model.request_fields if _at(structural, ("defaults", name))}
-    manifest = _build(doc, model, leave_out=broken_defaults)
+    manifest = _build(doc, model)
+    problems.extend(_pricing_problems(doc, model))
     for shot in manifest.shots:
+        unknown = _unknown_models(doc, manifest, shot)
+        problems.extend(unknown)
         if _at(structural, ("shots", shot.index)):
             problems.extend(_broken_shot_problems(doc, manifest, shot, structural))
             continue
-        problems.extend(_shot_problems(doc, manifest, shot, max_jobs))
+        if not unknown:
+            problems.extend(_shot_problems(doc, manifest, shot, max_jobs))
     problems.extend(_duplicate_ids(doc, manifest))
     problems.extend(_job_limit(doc, manifest, max_jobs))
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(list(dict.fromkeys(problems)))
     return manifest
 
 
 def manifest_from_data(file: str, data: dict[str, Any]) -> Manifest:
-    """The manifest of a document ``load_manifest`` validated and normalised before (its ``data``), rebuilt without
-    checking it again: a run's state keeps it with the digest of the bytes it came from."""
-    return _build(Document(file, data), load_model(str(data.get("model", DEFAULT_MODEL))), leave_out=set())
+    """The manifest of a document ``load_manifest`` validated before (its ``data``), rebuilt without checking it
+    again: a run's state keeps it with the digest of the bytes it came from."""
+    return _build(Document(file, data), load_model(str(data.get("model", DEFAULT_MODEL))))
 
 
 def _at(problems: list[Problem], prefix: Path_, *, exact: bool = False) -> bool:
@@ -142,22 +183,44 @@ def _model_of(doc: Document, problems: list[Problem]) -> Model:
     if isinstance(slug, str) and slug in known_models():
         return load_model(slug)
     if isinstance(slug, str):
-        hint = did_you_mean(slug, known_models()) or f" (known: {', '.join(known_models())})"
-        problems.append(doc.problem(("model",), f'unknown model "{slug}"{hint}'))
+        problems.append(doc.problem(("model",), _unknown_model_message(slug)))
     return load_model(DEFAULT_MODEL)
 
 
+def _unknown_model_message(slug: str) -> str:
+    hint = did_you_mean(slug, known_models()) or f" (known: {', '.join(known_models())}; see `batchgen models`)"
+    return f'unknown model "{slug}"{hint}'
+
+
+def _unknown_models(doc: Document, manifest: Manifest, shot: Shot) -> list[Problem]:
+    """A shot's ``model:`` or a value of its matrix over ``model`` that batchgen has no model file for."""
+    problems = []
+    if shot.model is not None and shot.model not in known_models():
+        problems.append(doc.problem(("shots", shot.index, MODEL_AXIS), _unknown_model_message(shot.model)))
+    for name, values in shot.matrix:
+        for index, value in enumerate(values if name == MODEL_AXIS else ()):
+            if str(value) not in known_models():
+                path = ("shots", shot.index, "matrix", MODEL_AXIS, index)
+                problems.append(doc.problem(path, _unknown_model_message(str(value))))
+    return problems
+
+
 @cache
-def _manifest_validator(model_slug: str) -> Any:
-    """The manifest schema with the model's request fields filled in where the manifest may write them."""
+def field_names() -> frozenset[str]:
+    """Every request field of every model batchgen knows: what a manifest may write in ``defaults`` and shots."""
+    return frozenset(name for slug in known_models() for name in load_model(slug).request_fields)
+
+
+@cache
+def _manifest_validator() -> Any:
+    """The manifest schema with every known model's request fields where the manifest may write them; their values
+    are checked per combination, against the model that combination runs."""
     text = resources.files("batchgen").joinpath("schema", "manifest.schema.json").read_text("utf-8")
     schema = json.loads(text)
-    fields = load_model(model_slug).request_fields
+    fields: dict[str, Any] = {name: {} for name in sorted(field_names())}
     schema["properties"]["defaults"]["properties"] = copy.deepcopy(fields)
     schema["$defs"]["shot"]["properties"].update(copy.deepcopy(fields))
-    schema["$defs"]["matrix"]["properties"] = {
-        name: {"type": "array", "minItems": 1, "items": copy.deepcopy(field)} for name, field in fields.items()
-    }
+    schema["$defs"]["matrix"]["properties"].update({name: {"type": "array", "minItems": 1} for name in fields})
     return make_validator(schema)
 
 
@@ -166,21 +229,10 @@ def _request_validator(model_slug: str) -> Any:
     return make_validator(load_model(model_slug).request_schema)
 
 
-def _normalise(data: dict[str, Any], model: Model) -> None:
-    """Turn whole numbers into the strings the API wants where the schema says so (``duration: 5`` → ``"5"``)."""
-    fields = model.request_fields
-    places: list[Any] = [data.get("defaults")]
-    shots = data.get("shots")
-    for shot in shots if isinstance(shots, list) else []:
-        places.append(shot)
-        matrix = shot.get("matrix") if isinstance(shot, dict) else None
-        for name, values in matrix.items() if isinstance(matrix, dict) else []:
-            if name in fields and isinstance(values, list):
-                values[:] = [_as_api_value(v, fields[name]) for v in values]
-    for place in places:
-        if isinstance(place, dict):
-            for name in fields.keys() & place.keys():
-                place[name] = _as_api_value(place[name], fields[name])
+def _normalised(fields: Mapping[str, Any], model: Model) -> dict[str, Any]:
+    """Whole numbers turned into the strings the model wants where its schema says so (``duration: 5`` → ``"5"``)."""
+    schemas = model.request_fields
+    return {name: _as_api_value(value, schemas[name]) if name in schemas else value for name, value in fields.items()}
 
 
 def _as_api_value(value: Any, schema: Mapping[str, Any]) -> Any:
@@ -194,10 +246,10 @@ def _as_api_value(value: Any, schema: Mapping[str, Any]) -> Any:
     return value
 
 
-def _build(doc: Document, model: Model, *, leave_out: set[str]) -> Manifest:
-    """The manifest of a structurally valid document, without the defaults named in ``leave_out``."""
+def _build(doc: Document, model: Model) -> Manifest:
+    """The manifest of a structurally valid document."""
     data = doc.data
-    fields = model.request_fields
+    fields = field_names()
     shots = []
     for index, raw in enumerate(data.get("shots") or []):
         raw = raw if isinstance(raw, dict) else {}
@@ -205,20 +257,21 @@ def _build(doc: Document, model: Model, *, leave_out: set[str]) -> Manifest:
         matrix = tuple((k, tuple(v)) for k, v in matrix_raw.items() if isinstance(v, list))
         own = {k: v for k, v in raw.items() if k in fields}
         takes = raw.get("takes", 1)
-        shots.append(Shot(index, str(raw.get("id", "")), own, matrix, takes if isinstance(takes, int) else 1))
+        shot_model = raw.get(MODEL_AXIS) if isinstance(raw.get(MODEL_AXIS), str) else None
+        shots.append(
+            Shot(index, str(raw.get("id", "")), own, matrix, takes if isinstance(takes, int) else 1, shot_model)
+        )
     pricing = data["pricing"] if isinstance(data.get("pricing"), dict) else {}
-    price = PriceRow(
-        **{k: float(_number(pricing.get(k), getattr(model.price, k))) for k in ("silent", "audio", "voice")}
-    )
+    rates = {k: float(v) for k, v in pricing.items() if k in model.price.labels and _number(v, None) is not None}
     api = data["api"] if isinstance(data.get("api"), dict) else {}
     defaults = data["defaults"] if isinstance(data.get("defaults"), dict) else {}
     return Manifest(
         file=doc.file,
         name=str(data.get("name", "")),
         model=model,
-        defaults={k: v for k, v in defaults.items() if k in fields and k not in leave_out},
+        defaults={k: v for k, v in defaults.items() if k in fields},
         shots=tuple(shots),
-        price=price,
+        prices={model.slug: model.price.with_rates(rates)} if rates else {},
         budget_usd=_number(data.get("budget"), None),
         concurrency=int(_number(data.get("concurrency"), DEFAULT_CONCURRENCY)),
         rpm=int(_number(data.get("rpm"), DEFAULT_RPM)),
@@ -227,6 +280,21 @@ def _build(doc: Document, model: Model, *, leave_out: set[str]) -> Manifest:
         transport=api.get("transport"),
         data=data,
     )
+
+
+def _pricing_problems(doc: Document, model: Model) -> list[Problem]:
+    """A ``pricing:`` entry that names no price of the manifest's model."""
+    pricing = doc.data.get("pricing")
+    labels = model.price.labels
+    problems = []
+    for label in pricing if isinstance(pricing, dict) else {}:
+        if label not in labels:
+            message = (
+                f'"{label}" is not a price of {model.slug} (its prices: {", ".join(labels)})'
+                f"{did_you_mean(label, labels)}; `pricing:` changes the prices of the manifest's `model:`"
+            )
+            problems.append(doc.problem(("pricing", label), message, key=True))
+    return problems
 
 
 def _number(value: Any, default: Any) -> Any:
@@ -248,8 +316,9 @@ def _values(shot: Shot, choices: tuple[int, ...]) -> tuple[tuple[str, Any], ...]
 
 def _merge(
     manifest: Manifest, shot: Shot, choices: tuple[int, ...], *, render: bool = True
-) -> tuple[dict[str, Any], dict[str, Path_]]:
-    """defaults ← shot ← the matrix values at ``choices``, rendered; with where each field was written."""
+) -> tuple[dict[str, Any], dict[str, Path_], Model]:
+    """defaults ← shot ← the matrix values at ``choices``, normalised for the combination's model and rendered;
+    with where each field was written, and the model."""
     fields: dict[str, Any] = {}
     origin: dict[str, Path_] = {}
     for name, value in manifest.defaults.items():
@@ -257,20 +326,70 @@ def _merge(
     for name, value in shot.fields.items():
         fields[name], origin[name] = value, ("shots", shot.index, name)
     variables: dict[str, Any] = {}
+    slug = shot.model or manifest.model.slug
     for (name, values), choice in zip(shot.matrix, choices, strict=True):
         value = values[choice]
-        if name in manifest.model.request_fields:
+        if name == MODEL_AXIS:
+            slug = str(value)
+        elif name in field_names():
             fields[name], origin[name] = value, ("shots", shot.index, "matrix", name, choice)
         else:
             variables[name] = value
+    model = load_model(slug) if slug in known_models() else manifest.model
+    fields = _normalised(fields, model)
     if not render:
-        return fields, origin
+        return fields, origin, model
     fields = _render_fields(fields, variables)
     if "prompt" not in fields and isinstance(fields.get("multi_prompt"), list):
         # The API requires `prompt`; a multi-shot written as segments only sends them joined.
         fields["prompt"] = " ".join(str(s.get("prompt", "")) for s in fields["multi_prompt"] if isinstance(s, dict))
         origin["prompt"] = origin["multi_prompt"]
-    return fields, origin
+    return fields, origin, model
+
+
+def _with_images(
+    manifest: Manifest, model: Model, fields: dict[str, Any]
+) -> tuple[dict[str, Any], list[tuple[Slot, str]]]:
+    """``fields`` with each local image replaced by its content's reference; and the images that cannot be sent,
+    each with its place in ``fields`` and why."""
+    problems: list[tuple[Slot, str]] = []
+    schema = model.request_schema
+    for slot, value in image_slots(fields, schema):
+        try:
+            _image(manifest, value, slot_limit(schema, slot))
+        except ImageProblem as exc:
+            problems.append((slot, str(exc)))
+    if problems:
+        return fields, problems
+    changed = replace_images(fields, schema, lambda value: _image(manifest, value, 0))
+    return changed, problems
+
+
+def _image(manifest: Manifest, value: str, max_bytes: int) -> str:
+    """An image field's value as a request sends it: an https URL as it is, a local file as its reference (read and
+    checked once per file); :class:`ImageProblem` when it cannot be sent."""
+    if value.startswith("https://"):
+        return value
+    if "://" in value or value.startswith("data:"):
+        raise ImageProblem(f'"{value[:60]}" is neither an https URL nor a local file: write one of those')
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(manifest.file).resolve().parent / path
+    key = str(path)
+    if key not in manifest.images:
+        try:
+            manifest.images[key] = read_image(path, 0)[0]
+        except ImageProblem as exc:
+            manifest.images[key] = exc
+    image = manifest.images[key]
+    if isinstance(image, ImageProblem):
+        raise image
+    if max_bytes and image.size > max_bytes:
+        raise ImageProblem(
+            f"{path} is {image.size / 1_048_576:.1f} MB, more than the model's limit of "
+            f"{max_bytes / 1_048_576:.1f} MB: make it smaller"
+        )
+    return image.ref
 
 
 def _render(text: str, variables: Mapping[str, Any]) -> str:
@@ -313,19 +432,33 @@ def _templates(fields: Mapping[str, Any], origin: Mapping[str, Path_]) -> Iterat
 
 def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int) -> list[Problem]:
     problems = _template_problems(doc, manifest, shot)
-    if problems or shot.combination_count * shot.takes > max_jobs:
-        return problems  # rendering is unsafe, or the job limit reports it
+    if shot.combination_count * shot.takes > max_jobs:
+        return problems  # the job limit reports it
+    # With a broken template, the first combination alone (each of the others would say the same again).
+    every = _choices(shot) if not problems else iter([(0,) * len(shot.matrix)])
     seen: set[str] = set()
-    for choices in _choices(shot):
-        fields, origin = _merge(manifest, shot, choices)
-        key = json.dumps(fields, sort_keys=True)
+    several = len(manifest.models) > 1
+    for choices in every:
+        fields, origin, model = _merge(manifest, shot, choices)
+        key = json.dumps([model.slug, fields], sort_keys=True)
         if key in seen:
             message = "two matrix combinations give the same request; remove the repeated value"
             problems.append(doc.problem(("shots", shot.index, "matrix"), message))
             continue
         seen.add(key)
-        problems.extend(_request_problems(doc, manifest, shot, fields, origin))
+        found = _request_problems(doc, manifest, shot, model, fields, origin)
+        problems.extend(_naming(found, model) if several else found)
     return problems
+
+
+def _naming(problems: list[Problem], model: Model) -> list[Problem]:
+    """Problems of a manifest that uses several models, each saying which model it is about."""
+    return [
+        problem
+        if model.slug in problem.message
+        else Problem(**{**problem.__dict__, "message": f"{problem.message} ({model.slug})"})
+        for problem in problems
+    ]
 
 
 def _broken_shot_problems(doc: Document, manifest: Manifest, shot: Shot, structural: list[Problem]) -> list[Problem]:
@@ -334,13 +467,13 @@ def _broken_shot_problems(doc: Document, manifest: Manifest, shot: Shot, structu
     if any(not values for _, values in shot.matrix):
         return []  # an empty matrix axis (the schema says so): there is no combination to look at
     problems = _template_problems(doc, manifest, shot)
-    fields, origin = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
+    fields, origin, model = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
 
     def sound(*names: str) -> bool:
         return all(not _at(structural, origin[name]) for name in names if name in origin)
 
     if sound("multi_prompt", "duration"):
-        problems.extend(_segment_problems(doc, manifest, fields, origin))
+        problems.extend(_segment_problems(doc, model, fields, origin))
     if sound("voice_ids", *TEMPLATE_FIELDS, "multi_prompt"):
         problems.extend(_voice_problems(doc, fields, origin))
     return problems
@@ -348,8 +481,8 @@ def _broken_shot_problems(doc: Document, manifest: Manifest, shot: Shot, structu
 
 def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Problem]:
     problems: list[Problem] = []
-    variables = [name for name, _ in shot.matrix if name not in manifest.model.request_fields]
-    fields, origin = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
+    variables = [name for name, _ in shot.matrix if name not in field_names() and name != MODEL_AXIS]
+    fields, origin, _ = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
     used: set[str] = set()
     for path, text in _templates(fields, origin):
         for match in _TEMPLATE.finditer(text):
@@ -362,34 +495,52 @@ def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Pr
                 problems.append(doc.problem(path, message))
     for name in variables:
         if name not in used:
-            hint = did_you_mean(name, list(manifest.model.request_fields))
+            own = {
+                f
+                for slug in manifest.shot_models(shot)
+                if slug in known_models()
+                for f in load_model(slug).request_fields
+            }
+            hint = did_you_mean(name, sorted(own))
             message = f'matrix variable "{name}" is not used by any prompt (write {{{name}}} in one){hint}'
             problems.append(doc.problem(("shots", shot.index, "matrix", name), message, key=True))
     return problems
 
 
 def _request_problems(
-    doc: Document, manifest: Manifest, shot: Shot, fields: dict[str, Any], origin: dict[str, Path_]
+    doc: Document, manifest: Manifest, shot: Shot, model: Model, fields: dict[str, Any], origin: dict[str, Path_]
 ) -> list[Problem]:
-    def locate(path: Path_, key: bool) -> Problem:
+    def place(path: Path_) -> Path_:
         base = origin.get(str(path[0]), ("shots", shot.index)) if path else ("shots", shot.index)
-        return doc.problem((*base, *path[1:]), "", key=key)
+        return (*base, *path[1:])
 
-    problems = schema_problems(_request_validator(manifest.model.slug), fields, locate)
+    def locate(path: Path_, key: bool) -> Problem:
+        return doc.problem(place(path), "", key=key)
+
+    problems = []
+    for name in [name for name in fields if name not in model.request_fields]:
+        hint = did_you_mean(name, list(model.request_fields))
+        message = f'"{name}" is not a field of {model.slug}{hint}: remove it, or give this shot a model that takes it'
+        problems.append(doc.problem(origin[name], message, key=True))
+    known = {name: value for name, value in fields.items() if name in model.request_fields}
+    problems.extend(schema_problems(_request_validator(model.slug), known, locate))
     if problems:
         return problems
-    return [*_segment_problems(doc, manifest, fields, origin), *_voice_problems(doc, fields, origin)]
+    _, bad_images = _with_images(manifest, model, known)
+    for slot, message in bad_images:
+        problems.append(doc.problem(place(slot), message))
+    return [*problems, *_segment_problems(doc, model, known, origin), *_voice_problems(doc, known, origin)]
 
 
 def _segment_problems(
-    doc: Document, manifest: Manifest, fields: Mapping[str, Any], origin: Mapping[str, Path_]
+    doc: Document, model: Model, fields: Mapping[str, Any], origin: Mapping[str, Path_]
 ) -> list[Problem]:
     segments = fields.get("multi_prompt")
-    if not segments:
+    if not segments or "multi_prompt" not in model.request_fields:
         return []
-    segment_default = manifest.model.request_fields["multi_prompt"]["items"]["properties"]["duration"]["default"]
+    segment_default = model.request_fields["multi_prompt"]["items"]["properties"]["duration"]["default"]
     seconds = [int(s.get("duration", segment_default)) for s in segments]
-    total = int(fields.get("duration", manifest.model.field_default("duration")))
+    total = int(fields.get("duration", model.field_default("duration")))
     if sum(seconds) == total:
         return []
     parts = " + ".join(str(s) for s in seconds)

@@ -1,8 +1,9 @@
 """Prices and estimates. Money is counted in whole micro-dollars (µUSD) so sums are exact.
 
-price = seconds × rate, where the rate (USD per second, from the model's price row or the manifest's `pricing:`)
-depends on what the clip carries: voice (``voice_ids`` given) > audio (``generate_audio``) > silent.
-The provider's own figure (``x-cost``, ``metrics.cost``) replaces the estimate whenever it is reported.
+A model's price table (``models.PriceTable``) prices a request by its first rule that matches the request's features
+(its fields with the model's defaults filled in, plus ``seconds``, ``audio`` and ``voice``): that rule's figure for
+the clip, or per second of it. A manifest's ``pricing:`` replaces figures of its model's rules. The provider's own
+figure (``x-cost``, ``metrics.cost``) replaces the estimate whenever it is reported.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchgen.models import Model, PriceRow
+from batchgen.models import Model, PriceRule, PriceTable
 
 MICROS_PER_USD = 1_000_000
 
@@ -25,38 +26,50 @@ class ClipSpec:
     audio: bool
     voice: bool
 
-    @property
-    def tier(self) -> str:
-        """The price-row column this clip is charged at."""
-        return "voice" if self.voice else "audio" if self.audio else "silent"
+
+def _resolved(payload: Mapping[str, Any], model: Model, where: str | bool | int | None) -> Any:
+    """A ``clip`` entry of the model: the request's field (or its default) when it names one, else the fixed value."""
+    if isinstance(where, str) and where in model.request_fields:
+        return payload[where] if where in payload else model.field_default(where)
+    return where
 
 
 def clip_spec(payload: Mapping[str, Any], model: Model) -> ClipSpec:
     """The clip a payload asks for, with the model's defaults for what it leaves out."""
-
-    def field(name: str) -> Any:
-        return payload[name] if name in payload else model.field_default(name)
-
+    clip = model.clip
     return ClipSpec(
-        seconds=int(field("duration")),
-        aspect_ratio=str(field("aspect_ratio")),
-        audio=bool(field("generate_audio")),
-        voice=bool(payload.get("voice_ids")),
+        seconds=int(_resolved(payload, model, clip.seconds)),
+        aspect_ratio=str(_resolved(payload, model, clip.aspect)),
+        audio=bool(_resolved(payload, model, clip.audio)),
+        voice=bool(payload.get(clip.voice)) if clip.voice else False,
     )
 
 
-def estimate_micros(payload: Mapping[str, Any], model: Model, price: PriceRow | None = None) -> int:
-    """The estimated cost of one generation of ``payload``, in µUSD."""
+def features(payload: Mapping[str, Any], model: Model) -> dict[str, Any]:
+    """What a price rule may look at: every request field (defaults filled in), and the clip's seconds, audio and
+    voice."""
     spec = clip_spec(payload, model)
-    rate: float = getattr(price or model.price, spec.tier)
-    return round(spec.seconds * rate * MICROS_PER_USD)
+    defaults = {name: schema["default"] for name, schema in model.request_fields.items() if "default" in schema}
+    return {**defaults, **payload, "seconds": spec.seconds, "audio": spec.audio, "voice": spec.voice}
+
+
+def price_rule(payload: Mapping[str, Any], model: Model, table: PriceTable | None = None) -> PriceRule:
+    """The rule of ``table`` (the model's own by default) that prices ``payload``."""
+    return (table or model.price).rule_for(features(payload, model))
+
+
+def estimate_micros(payload: Mapping[str, Any], model: Model, table: PriceTable | None = None) -> int:
+    """The estimated cost of one generation of ``payload``, in µUSD."""
+    table = table or model.price
+    rule = price_rule(payload, model, table)
+    units = clip_spec(payload, model).seconds if table.per == "second" else 1
+    return round(units * rule.usd * MICROS_PER_USD)
 
 
 def price_class(payload: Mapping[str, Any], model: Model) -> str:
-    """What the provider's price of a clip depends on (model × seconds × silent/audio/voice): jobs of one class
-    cost the same, so the highest price the provider charged for one is what the next one reserves."""
-    spec = clip_spec(payload, model)
-    return f"{model.slug}:{spec.seconds}s:{spec.tier}"
+    """What the provider's price of a clip depends on (model × seconds × the price rule): jobs of one class cost the
+    same, so the highest price the provider charged for one is what the next one reserves."""
+    return f"{model.slug}:{clip_spec(payload, model).seconds}s:{price_rule(payload, model).label}"
 
 
 def usd(micros: int) -> float:
@@ -86,6 +99,7 @@ class PlanRow:
     """One job of a plan, with what it asks for and its estimate."""
 
     job_id: str
+    model: str
     spec: ClipSpec
     estimate_micros: int
     fits_budget: bool
@@ -108,6 +122,14 @@ class Plan:
         """Seconds of video the plan asks for."""
         return sum(row.spec.seconds for row in self.rows)
 
+    def by_model(self) -> dict[str, tuple[int, int]]:
+        """Each model's job count and estimate (µUSD), in the order the models first appear."""
+        totals: dict[str, tuple[int, int]] = {}
+        for row in self.rows:
+            count, money = totals.get(row.model, (0, 0))
+            totals[row.model] = (count + 1, money + row.estimate_micros)
+        return totals
+
     @property
     def jobs_within_budget(self) -> int:
         """How many jobs, taken in manifest order, fit the budget."""
@@ -115,15 +137,18 @@ class Plan:
 
 
 def make_plan(
-    jobs: list[tuple[str, Mapping[str, Any]]], model: Model, price: PriceRow, budget_micros: int | None
+    jobs: list[tuple[str, Model, Mapping[str, Any]]],
+    tables: Mapping[str, PriceTable],
+    budget_micros: int | None,
 ) -> Plan:
-    """Price ``(job id, payload)`` pairs and mark which fit ``budget_micros`` when taken in order."""
+    """Price ``(job id, model, payload)`` triples (each at ``tables[model.slug]``, else its model's own table) and mark
+    which fit ``budget_micros`` when taken in order."""
     rows = []
     running = 0
-    for job_id, payload in jobs:
-        estimate = estimate_micros(payload, model, price)
+    for job_id, model, payload in jobs:
+        estimate = estimate_micros(payload, model, tables.get(model.slug))
         fits = budget_micros is None or running + estimate <= budget_micros
         if fits:
             running += estimate
-        rows.append(PlanRow(job_id, clip_spec(payload, model), estimate, fits))
+        rows.append(PlanRow(job_id, model.slug, clip_spec(payload, model), estimate, fits))
     return Plan(tuple(rows), budget_micros)

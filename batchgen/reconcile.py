@@ -11,15 +11,17 @@ from typing import Any
 
 from batchgen import journal
 from batchgen.canonical import canonical_json
-from batchgen.client import Client
+from batchgen.images import with_urls
+from batchgen.models import load_model
 from batchgen.outputs import RunDir
 from batchgen.pricing import format_dollars, usd
-from batchgen.store import Store
+from batchgen.provider import Provider
+from batchgen.store import JobRow, Store
 
 WINDOW_SKEW_S = 2.0  # run.log's times are whole seconds, and the provider's clock may differ a little
 
 
-async def reconcile(store: Store, client: Client, run_dir: RunDir | None = None) -> dict[str, Any]:
+async def reconcile(store: Store, client: Provider, run_dir: RunDir | None = None) -> dict[str, Any]:
     """The comparison, as JSON data; ``agree`` says whether the books match."""
     attempts = store.all_attempts()
     # From the run directory's first start (run.log's first line, outside the state's WAL): a state that lost rows
@@ -27,12 +29,13 @@ async def reconcile(store: Store, client: Client, run_dir: RunDir | None = None)
     first = journal.first_time(run_dir.run_log) if run_dir is not None else None
     starts = [a.started_at for a in attempts] + ([first - WINDOW_SKEW_S] if first is not None else [])
     since = min(starts, default=None)
-    rows = await client.history_since(since) if since is not None else []
+    models = sorted({job.model for job in store.jobs()})
+    rows = [row for model in models for row in await client.history_since(since, model)] if since is not None else []
     named = journal.read_requests(run_dir.run_log).requests if run_dir is not None else {}
     job_of = {request_id: job_id for job_id, request_id in named.items()}
     billed = {row.request_id: row for row in rows if row.status == "COMPLETED" and (row.cost_micros or 0) > 0}
     paid = {a.request_id: a for a in attempts if a.request_id and a.money == "settled"}
-    by_payload = {canonical_json(job.payload): job.id for job in store.jobs()}
+    by_payload = {canonical_json(_sent(store, job)): job.id for job in store.jobs()}
     unknown = [
         {
             "request_id": row.request_id,
@@ -82,3 +85,8 @@ def reconcile_text(data: dict[str, Any]) -> str:
         lines.append(f"  paid in the state, not billed by the provider: request {row['request_id']} (job {row['job']})")
     lines.append("the books agree" if data["agree"] else "the books differ")
     return "\n".join(lines)
+
+
+def _sent(store: Store, job: JobRow) -> Any:
+    """A job's payload as the provider received it (local images as their uploaded URLs)."""
+    return with_urls(job.payload, load_model(job.model).request_schema, store.image_url)

@@ -23,21 +23,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import os
 import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
-from batchgen.client import AnswerError, Client, Completed
 from batchgen.decisions import Decision
 from batchgen.errors import BatchgenError, ExitCode, ProtocolError, StateError
 from batchgen.history import HistoryRow
+from batchgen.images import ImageProblem, data_url, refs_in, with_urls
 from batchgen.journal import read_requests
-from batchgen.models import Model
+from batchgen.models import Model, known_models, load_model
 from batchgen.outputs import (
     PartFile,
     RunDir,
@@ -51,7 +53,8 @@ from batchgen.outputs import (
 )
 from batchgen.polling import PollSchedule
 from batchgen.pricing import clip_spec, format_dollars, format_usd
-from batchgen.store import AttemptRow, JobRow, Money, Store
+from batchgen.provider import AnswerError, Completed, Provider
+from batchgen.store import AttemptRow, ImageRow, JobRow, Money, Store
 from batchgen.verify import find_bad_videos
 
 T = TypeVar("T")
@@ -127,6 +130,20 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
     return work.result()
 
 
+def _image_bytes(row: ImageRow) -> bytes:
+    """A local image's bytes, read again at upload time: :class:`ImageProblem` when it is gone or changed since the
+    jobs were made from it (they name its old content)."""
+    try:
+        data = Path(row.path).read_bytes()
+    except OSError as exc:
+        raise ImageProblem(f"the image {row.path} cannot be read any more ({exc.strerror or exc})") from None
+    if hashlib.sha256(data).hexdigest() != row.sha256:
+        raise ImageProblem(
+            f"the image {row.path} changed since its jobs were made: run the manifest again to make jobs of the new one"
+        )
+    return data
+
+
 def backoff_s(attempt: int, base_s: float, cap_s: float, draw: float) -> float:
     """Exponential backoff with full jitter: ``draw × min(cap, base × 2^(attempt-1))``, ``draw`` in [0, 1)."""
     return draw * min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
@@ -200,16 +217,16 @@ class Runner:
         self,
         store: Store,
         run_dir: RunDir,
-        client: Client,
-        model: Model,
+        client: Provider,
         settings: RunSettings,
         on_event: Callable[[Event], None] | None = None,
         clock: Callable[[], float] = time.time,
+        catalogue: Callable[[str], Model] = load_model,
     ) -> None:
         self.store = store
+        self.catalogue = catalogue  # the models, as data: a slug → its request schema, prices, typical time
         self.run_dir = run_dir
         self.client = client
-        self.model = model
         self.settings = settings
         self.budget = Budget(settings.budget_micros)
         self.on_event = on_event or (lambda event: None)
@@ -245,6 +262,7 @@ class Runner:
         self._poll_failures: dict[str, int] = {}  # unreadable status answers in a row, per watched job
         self._last_heard: dict[str, float] = {}  # per watched job, when a poll last got a usable answer
         self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
+        self._uploads: dict[str, asyncio.Lock] = {}  # one upload at a time per image content
 
     # --- the whole run ------------------------------------------------------------------------------------
 
@@ -414,7 +432,7 @@ class Runner:
             with contextlib.suppress(OSError):  # a directory there: the download's placing says so, cleanly
                 video.unlink(missing_ok=True)
             return False
-        warnings = compare(probe, clip_spec(job.payload, self.model))
+        warnings = compare(probe, clip_spec(job.payload, self.catalogue(job.model)))
         path = str(video.relative_to(self.run_dir.root))
         self.store.mark_done_many([(job.id, path, sha256, {**probe, "bytes": size}, warnings)], self.clock())
         self._event("done", job.id, f"← done: {path}, {size:,} bytes (placed before the last stop)")
@@ -506,7 +524,7 @@ class Runner:
             )
             return True
         try:
-            rows = await self.client.history_since(attempt.started_at - HISTORY_SKEW_S)
+            rows = await self.client.history_since(attempt.started_at - HISTORY_SKEW_S, job.model)
         except AnswerError as exc:
             # Not asked again for a while: each ambiguous job would otherwise wait for the same timeout.
             self._history_down_until = self.clock() + HISTORY_RETRY_S
@@ -514,7 +532,7 @@ class Runner:
             return True
         self._history_answered()
         owned = self.store.owned_request_ids()
-        body = canonical_json(job.payload)
+        body = canonical_json(self._sent_payload(job))
         # The attempt's request, if the provider got it, was created between its intent and its end.
         until = (attempt.ended_at or self.clock()) + HISTORY_SKEW_S
         candidates = [
@@ -681,7 +699,7 @@ class Runner:
         if deadline is None:
             return False
         median = self.polls.median()
-        expected = self.model.typical_generation_s if median is None else median
+        expected = self._typical_generation_s() if median is None else median
         if self.clock() + expected <= deadline:
             return False
         for job in self.store.jobs(["pending"]):
@@ -690,9 +708,43 @@ class Runner:
         self._event("stop", None, "stopped submitting: the deadline is near")
         return True
 
+    def _typical_generation_s(self) -> float:
+        """The longest typical generation time of the models of the jobs still to submit."""
+        models = {job.model for job in self.store.jobs(["pending"])}
+        return max(
+            (self.catalogue(slug).typical_generation_s for slug in models if slug in known_models()), default=0.0
+        )
+
+    def _sent_payload(self, job: JobRow) -> dict[str, Any]:
+        """The payload as the provider received it: each local image as the URL the storage gave it."""
+        sent: dict[str, Any] = with_urls(job.payload, self.catalogue(job.model).request_schema, self.store.image_url)
+        return sent
+
+    async def _sendable(self, job: JobRow) -> dict[str, Any]:
+        """The payload to send: every local image uploaded first, once per content (the URL kept in the state)."""
+        for sha in refs_in(job.payload, self.catalogue(job.model).request_schema):
+            await self._upload(job, sha)
+        return self._sent_payload(job)
+
+    async def _upload(self, job: JobRow, sha: str) -> None:
+        """Upload the image ``sha`` unless the state has its URL already (its bytes read again and checked)."""
+        async with self._uploads.setdefault(sha, asyncio.Lock()):
+            row = self.store.image(sha)
+            if row is not None and row.url:
+                return
+            if row is None:
+                raise AnswerError(Decision("fail_job", "no", f"the state has no local image {sha[:12]}: run again"))
+            try:
+                data = await _in_thread(_image_bytes, row)
+            except ImageProblem as exc:
+                raise AnswerError(Decision("fail_job", "no", str(exc))) from None
+            url = await self.client.upload(data_url(data, row.mime))
+            self.store.image_uploaded(sha, url, self.clock())
+            self._event("info", job.id, f"↑ uploaded {row.path} ({row.size:,} bytes): {url}")
+
     async def _post_v2(self, job: JobRow) -> None:
         try:
-            request_id = await self.client.submit(job.payload)
+            request_id = await self.client.submit(job.model, await self._sendable(job))
         except AnswerError as exc:
             self.posting.discard(job.id)
             await self._attempt_failed(job, exc.decision)
@@ -719,7 +771,7 @@ class Runner:
             billed.append(completed)
 
         try:
-            completed = await self.client.generate(job.payload, part, on_billed)
+            completed = await self.client.generate(job.model, await self._sendable(job), part, on_billed)
         except AnswerError as exc:
             part.discard()
             await self._v1_answered(job)
@@ -1067,7 +1119,8 @@ class Runner:
                     if not finished.done():
                         finished.set_exception(result)
                     continue
-                warnings = compare(result, clip_spec(self.store.job(job_id).payload, self.model))
+                job = self.store.job(job_id)
+                warnings = compare(result, clip_spec(job.payload, self.catalogue(job.model)))
                 path = str(part.final.relative_to(self.run_dir.root))
                 placed.append((job_id, path, part, result, warnings, finished))
             self.store.mark_done_many(

@@ -222,7 +222,30 @@ def m005_possibly_billed_index(db: sqlite3.Connection) -> None:
     _script(db, "CREATE INDEX attempts_possibly_billed ON attempts (job_id) WHERE money = 'ambiguous'")
 
 
+@migration
+def m006_images(db: sqlite3.Connection) -> None:
+    """Local images, by content: where each was read, and the URL the provider's storage gave it, so that each
+    content is uploaded once, and a resume sends the same URL."""
+    _script(
+        db,
+        "CREATE TABLE images (sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, mime TEXT NOT NULL, size INTEGER NOT NULL, "
+        "url TEXT, uploaded_at REAL)",
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """A local image of the run: its content, where it was read, and where the provider's storage keeps it."""
+
+    sha256: str
+    path: str
+    mime: str
+    size: int
+    url: str | None = None
+    uploaded_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -377,15 +400,49 @@ class Store:
             _requeue_skipped(db, now)
         return len(new)
 
-    def fill_price_classes(self, price_class: Callable[[dict[str, Any]], str]) -> None:
-        """Give jobs of a state older than price classes theirs (once, after the upgrade)."""
-        rows = self.db.execute("SELECT id, payload FROM jobs WHERE price_class = ''").fetchall()
+    def fill_price_classes(self, price_class: Callable[[str, dict[str, Any]], str]) -> None:
+        """Give jobs of a state older than price classes theirs (once, after the upgrade): ``price_class(model,
+        payload)``."""
+        rows = self.db.execute("SELECT id, model, payload FROM jobs WHERE price_class = ''").fetchall()
         if rows:
             with self.transaction() as db:
                 db.executemany(
                     "UPDATE jobs SET price_class = ? WHERE id = ?",
-                    [(price_class(json.loads(row[1])), row[0]) for row in rows],
+                    [(price_class(row[1], json.loads(row[2])), row[0]) for row in rows],
                 )
+
+    # --- local images ---------------------------------------------------------------------------------------
+
+    def sync_images(self, images: list[ImageRow]) -> None:
+        """Record the local images the manifest's jobs send (a known content keeps its URL; its path is updated)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO images (sha256, path, mime, size) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sha256) DO UPDATE SET path = excluded.path",
+                [(image.sha256, image.path, image.mime, image.size) for image in images],
+            )
+
+    def images(self) -> list[ImageRow]:
+        """Every local image of the run."""
+        rows = self.db.execute("SELECT sha256, path, mime, size, url, uploaded_at FROM images ORDER BY path")
+        return [ImageRow(*row) for row in rows]
+
+    def image(self, sha256: str) -> ImageRow | None:
+        """One local image by its content, or ``None`` when the state has none such."""
+        row = self.db.execute(
+            "SELECT sha256, path, mime, size, url, uploaded_at FROM images WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return None if row is None else ImageRow(*row)
+
+    def image_url(self, sha256: str) -> str | None:
+        """The URL the provider's storage gave the image ``sha256``, ``None`` before it is uploaded."""
+        row = self.db.execute("SELECT url FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else row[0]
+
+    def image_uploaded(self, sha256: str, url: str, now: float) -> None:
+        """The provider's storage holds the image at ``url``: every job sending it sends that URL from now on."""
+        with self.transaction() as db:
+            db.execute("UPDATE images SET url = ?, uploaded_at = ? WHERE sha256 = ?", (url, now, sha256))
 
     def prices_seen(self) -> dict[str, int]:
         """Per price class, the highest cost the provider reported for one of its attempts (µUSD)."""

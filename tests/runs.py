@@ -61,10 +61,15 @@ async def run_in_process(
     options.update(settings)
     run_settings = RunSettings(**options)  # type: ignore[arg-type]
     with open_run(out, manifest, jobs, run_settings.budget_micros) as (run_dir, store):
-        client = Client(base_url or sim.base_url, key, manifest.model.slug, history_url=history_url, timeouts=timeouts)
+        client = Client(
+            base_url or sim.base_url, key, history_url=history_url, upload_url=sim.base_url, timeouts=timeouts
+        )
         async with client:
-            model = model or manifest.model
-            runner = Runner(store, run_dir, client, model, run_settings, on_event=(events or []).append)
+
+            def catalogue(slug: str) -> Model:
+                return model if model is not None and model.slug == slug else load_model(slug)
+
+            runner = Runner(store, run_dir, client, run_settings, on_event=(events or []).append, catalogue=catalogue)
             return await runner.run()
 
 

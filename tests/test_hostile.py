@@ -86,9 +86,9 @@ async def _run(server: Hostile, tmp_path: Path, write_manifest, **settings: obje
         max_bytes = int(options.pop("max_video_bytes", 2 << 30))  # type: ignore[call-overload]
         timeouts: Timeouts | None = options.pop("timeouts", None)  # type: ignore[assignment]
         key = str(options.pop("key", "k"))
-        client = Client(server.base_url, key, manifest.model.slug, max_video_bytes=max_bytes, timeouts=timeouts)
+        client = Client(server.base_url, key, max_video_bytes=max_bytes, timeouts=timeouts)
         async with client:
-            return await Runner(store, run_dir, client, manifest.model, RunSettings(**options)).run()  # type: ignore[arg-type]
+            return await Runner(store, run_dir, client, RunSettings(**options)).run()  # type: ignore[arg-type]
 
 
 def _job(tmp_path: Path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import ManifestError, load_manifest
+from batchgen import ManifestError, expand, load_manifest
 from batchgen.yamlsource import MAX_NODES
 
 BROKEN = sorted((Path(__file__).parent / "manifests" / "broken").glob("*.yaml"))
@@ -109,8 +109,7 @@ def test_merge_keys_may_be_overridden_without_a_duplicate_error(write_manifest) 
         VALID_HEAD
         + "shots:\n  - &first {id: a, prompt: base, duration: 5}\n  - <<: *first\n    id: b\n    duration: 7\n"
     )
-    manifest = load_manifest(path)
-    assert [(s.id, dict(s.fields)) for s in manifest.shots] == [
+    assert [(job.shot_id, dict(job.payload)) for job in expand(load_manifest(path))] == [
         ("a", {"prompt": "base", "duration": "5"}),
         ("b", {"prompt": "base", "duration": "7"}),
     ]
@@ -121,12 +120,9 @@ def test_ints_are_normalised_to_the_api_strings(write_manifest) -> None:
         VALID_HEAD + "defaults: {duration: 5}\nshots:\n  - id: a\n    duration: 9\n"
         "    multi_prompt: [{prompt: one, duration: 4}, {prompt: two, duration: 5}]\n"
     )
-    manifest = load_manifest(path)
-    assert manifest.defaults == {"duration": "5"}
-    assert manifest.shots[0].fields["multi_prompt"] == [
-        {"prompt": "one", "duration": "4"},
-        {"prompt": "two", "duration": "5"},
-    ]
+    (job,) = expand(load_manifest(path))
+    assert job.payload["duration"] == "9"
+    assert job.payload["multi_prompt"] == [{"prompt": "one", "duration": "4"}, {"prompt": "two", "duration": "5"}]
 
 
 def test_budget_and_settings_are_read(write_manifest) -> None:
@@ -138,7 +134,8 @@ def test_budget_and_settings_are_read(write_manifest) -> None:
     manifest = load_manifest(path)
     assert (manifest.budget_usd, manifest.concurrency, manifest.rpm, manifest.max_attempts) == (12.5, 8, 50, 3)
     assert (manifest.base_url, manifest.transport) == ("http://127.0.0.1:9", "v1")
-    assert (manifest.price.silent, manifest.price.audio) == (0.1, manifest.model.price.audio)
+    table = manifest.price_table(manifest.model)
+    assert (table.rules[-1].label, table.rules[-1].usd, table.rules[1].usd) == ("silent", 0.1, 0.252)
 
 
 def test_every_example_manifest_is_valid() -> None:

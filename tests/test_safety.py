@@ -159,7 +159,7 @@ async def test_the_key_appears_nowhere(make_sim, write_manifest, tmp_path: Path)
     for file in out.rglob("*"):
         if file.is_file():
             assert SECRET.encode() not in file.read_bytes(), file
-    client = Client(sim.base_url, SECRET, "m")
+    client = Client(sim.base_url, SECRET)
     assert SECRET not in repr(client) and SECRET not in repr(Target(sim.base_url, SECRET))
 
 

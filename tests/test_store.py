@@ -38,6 +38,7 @@ def test_schema_is_migrated_and_recorded(store: Store) -> None:
         "m003_price_classes",
         "m004_owner",
         "m005_possibly_billed_index",
+        "m006_images",
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert (store.path.stat().st_mode & 0o777) == 0o600

@@ -1,7 +1,9 @@
 """Real, small MP4 clips made with PyAV: H.264 video of the requested duration and aspect, AAC audio when asked.
 
-The picture is a slow colour ramp whose palette comes from the prompt, so clips of different prompts differ. Clips
-are cached by (seconds, aspect, audio, palette): a batch of thousands of jobs encodes a few dozen clips at most.
+The picture is a slow colour ramp whose palette comes from the prompt, so clips of different prompts differ; an
+image-to-video clip shows its first-frame image instead (scaled to the clip's size), its light breathing slowly, so
+a gallery shows the user's still come to life. Clips are cached by (seconds, aspect, audio, palette, image): a batch
+of thousands of jobs encodes a few dozen clips at most.
 A large clip (for memory benchmarks) is the same small clip followed by an MP4 ``free`` box of padding, streamed
 from zeros, so it is still a valid MP4 and costs no encoding.
 """
@@ -42,32 +44,68 @@ def palette_of(prompt: str) -> int:
 
 
 @lru_cache(maxsize=512)
-def make_clip(seconds: int, aspect_ratio: str, audio: bool, palette: int = 0) -> bytes:
-    """An MP4 of exactly ``seconds`` seconds at the size of ``aspect_ratio``, with silent AAC audio when ``audio``."""
+def make_clip(seconds: int, aspect_ratio: str, audio: bool, palette: int = 0, image: bytes | None = None) -> bytes:
+    """An MP4 of exactly ``seconds`` seconds at the size of ``aspect_ratio``, with silent AAC audio when ``audio``;
+    starting on ``image`` (a PNG, JPEG or WebP file's bytes) when one is given and can be decoded."""
     width, height = size_of(aspect_ratio)
+    still = _still(image, width, height) if image else None
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"preset": "ultrafast", "crf": "40"}
+        video.options = {"preset": "ultrafast", "crf": "28" if still else "40"}
         sound = container.add_stream("aac", rate=AUDIO_RATE) if audio else None
-        _encode_video(container, video, seconds, palette)
+        _encode_video(container, video, seconds, palette, still)
         if sound is not None:
             _encode_audio(container, sound, seconds)
     return buffer.getvalue()
 
 
-def _encode_video(container: av.container.OutputContainer, stream: av.VideoStream, seconds: int, palette: int) -> None:
+def _still(image: bytes, width: int, height: int) -> list[bytes] | None:
+    """The image's YUV planes at the clip's size, ``None`` when it cannot be decoded (a colour ramp then)."""
+    try:
+        with av.open(io.BytesIO(image), "r") as source:
+            frame = next(source.decode(video=0))
+    except (av.FFmpegError, StopIteration):
+        return None
+    scaled = frame.reformat(width=width, height=height, format="yuv420p")
+    return [bytes(plane) for plane in scaled.planes]
+
+
+def _encode_video(
+    container: av.container.OutputContainer,
+    stream: av.VideoStream,
+    seconds: int,
+    palette: int,
+    still: list[bytes] | None,
+) -> None:
     base = palette * 256 // PALETTES
     for index in range(seconds * FPS):
         frame = av.VideoFrame(stream.width, stream.height, "yuv420p")
-        luma = (base + index * 6) % 220 + 16
-        for plane, value in zip(frame.planes, (luma, (base * 3) % 256, (255 - base) % 256), strict=True):
-            plane.update(bytes([value]) * plane.buffer_size)
+        if still is not None and all(len(data) == p.buffer_size for data, p in zip(still, frame.planes, strict=True)):
+            # The first second is the image as it is; then its light rises and falls a little.
+            lift = 0 if index < FPS else round(12 * _triangle(index - FPS, 4 * FPS))
+            frame.planes[0].update(still[0].translate(_LIFT[lift]))
+            frame.planes[1].update(still[1])
+            frame.planes[2].update(still[2])
+        else:
+            luma = (base + index * 6) % 220 + 16
+            for plane, value in zip(frame.planes, (luma, (base * 3) % 256, (255 - base) % 256), strict=True):
+                plane.update(bytes([value]) * plane.buffer_size)
         frame.pts = index
         frame.time_base = Fraction(1, FPS)
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
+
+
+def _triangle(step: int, period: int) -> float:
+    """0 → 1 → 0 over ``period`` steps."""
+    phase = (step % period) / period
+    return 1 - abs(2 * phase - 1)
+
+
+# Byte tables adding 0..12 to a luma value, clamped to the video range (16-235).
+_LIFT = [bytes(min(235, value + lift) if value >= 16 else value for value in range(256)) for lift in range(13)]
 
 
 def _encode_audio(container: av.container.OutputContainer, stream: av.AudioStream, seconds: int) -> None:

@@ -4,7 +4,9 @@ Each line is a JSON object with a ``type``:
 
 - ``generation``: an accepted generation, every field of it, and the request counter that named it;
 - ``seen``: one generation request as it arrived (the fields of a ``ledger.Seen``, and its ``key``);
-- ``top_up``: credits added to a ``key``, in ``micros``.
+- ``top_up``: credits added to a ``key``, in ``micros``;
+- ``upload``: a file put in the storage by a ``key`` (the fields of a ``ledger.Upload``, its ``mime`` and its
+  ``data`` in base64).
 
 Charges are not written: they follow from the generations and the clock, as they do while the simulator runs.
 Each line is written with a plain ``write`` and ``flush`` (no fsync: a killed simulator loses nothing the kernel has,

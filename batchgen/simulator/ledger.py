@@ -1,7 +1,8 @@
 """The simulator's books: the truth every test of money checks.
 
-Per API key: the balance, every charge (request id, payload hash, amount, time), every generation request seen, and
-the most generations in progress at once. Amounts are micro-dollars, as everywhere in batchgen.
+Per API key: the balance, every charge (request id, payload hash, amount, time), every generation request seen, every
+file uploaded to the storage, and the most generations in progress at once. Amounts are micro-dollars, as everywhere
+in batchgen.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class Seen:
     request_id: str | None
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One file put in the storage."""
+
+    sha256: str
+    size: int
+    at: float
+
+
 @dataclass
 class Account:
     """One API key's balance and history."""
@@ -42,6 +52,7 @@ class Account:
     held_micros: int = 0  # the price of generations accepted and not yet settled
     charges: list[Charge] = field(default_factory=list)
     requests: list[Seen] = field(default_factory=list)
+    uploads: list[Upload] = field(default_factory=list)
     in_progress: int = 0
     peak_in_progress: int = 0
 
@@ -76,6 +87,7 @@ class Account:
             "spent_micros": self.spent_micros,
             "charges": [vars(charge) for charge in self.charges],
             "requests": [vars(seen) for seen in self.requests],
+            "uploads": [vars(upload) for upload in self.uploads],
             "in_progress": self.in_progress,
             "peak_in_progress": self.peak_in_progress,
             "paid_twice": self.paid_twice(),

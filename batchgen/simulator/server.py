@@ -6,8 +6,16 @@ Routes (one base URL, paths as the real API has them):
 - ``POST /v2/{model}``, ``GET /v2/requests/{id}/status``, ``GET /v2/requests/{id}``: submit, then poll;
 - ``GET /files/{id}.mp4``: the video, streamed with ``Content-Length``;
 - ``GET /v1/get-user-credits``: the balance;
+- ``POST /upload-asset``, ``GET /assets/{name}``: the storage, as Segmind's SDK uploads to it (``files.upload``:
+  ``{"data_urls": [...]}`` answered ``{"file_urls": [...]}``), and the files it keeps;
 - ``GET /inference-request/request-history[/{id}]``: the provider's record of every request (page shape: settings);
 - ``GET /_sim/ledger``, ``POST /_sim/credits``: the books, and a top-up, for tests and people.
+
+Models: every model of the catalogue (``schema/models``), each validated against its request schema and priced by
+its table; a generation takes ``latency_s`` scaled by the model's typical time against Kling 3.0 Standard's (a
+faster model is faster here too). An image-to-video clip starts on its first-frame image when that is a file of this
+simulator's storage (a URL elsewhere is not fetched: the clip is a colour ramp); one naming a file the storage does
+not have is refused, as a provider that cannot fetch it would.
 
 Money: a v2 submit holds the price against the balance (a 406 when the balance less the holds cannot pay) and is
 charged when the generation completes; a failed generation releases it. Only completed generations are charged, at
@@ -30,9 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hashlib
 import heapq
 import json
 import random
+import re
 import time
 import uuid
 from collections import Counter, deque
@@ -49,13 +60,14 @@ from multidict import CIMultiDict
 
 from batchgen.canonical import content_hash
 from batchgen.errors import UsageError
-from batchgen.models import known_models, load_model
+from batchgen.images import EXTENSIONS, image_slots, sniff
+from batchgen.models import Model, known_models, load_model
 from batchgen.pricing import clip_spec, estimate_micros, micros, usd
 from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.clips import make_clip, padded_chunks, padded_size, palette_of
 from batchgen.simulator.faults import Fault, FaultPlan
 from batchgen.simulator.journal import Journal, Record
-from batchgen.simulator.ledger import Account, Charge, Seen
+from batchgen.simulator.ledger import Account, Charge, Seen, Upload
 from batchgen.validation import make_validator
 
 RATE_WINDOW_S = 60.0
@@ -64,6 +76,8 @@ RATE_WINDOW_S = 60.0
 # seconds under ``model_created``; ``unknown`` is rows under ``records`` without any time: a page no client can read.
 HISTORY_SHAPES = ("data", "items", "results", "epoch", "unknown")
 JUNK_PAGE = "<html><body>upstream proxy error</body></html>"
+MAX_UPLOAD_BODY_BYTES = 80 << 20  # a 50 MB image as a base64 data URL, and some
+REFERENCE_MODEL_S = 175.0  # Kling 3.0 Standard's typical time: `latency_s` is its generation time here
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class Simulator:
         self.clock = clock
         self.accounts = {key: Account(micros(self.settings.credits_usd)) for key in self.settings.keys}
         self.generations: dict[str, Generation] = {}
+        self.assets: dict[str, tuple[bytes, str]] = {}  # the storage: file name → (bytes, type)
         self._due: list[tuple[float, str]] = []
         self._limiters: dict[str, _Limiter] = {}
         self._counter = 0
@@ -157,7 +172,9 @@ class Simulator:
         if self.journal is not None:
             self._replay(self.journal.replay())
         # Outermost first: every request is counted; error bodies get the key before the body is trickled.
-        self.app = web.Application(middlewares=[self._count_hits, self._trickle, self._quote_key])
+        self.app = web.Application(
+            middlewares=[self._count_hits, self._trickle, self._quote_key], client_max_size=MAX_UPLOAD_BODY_BYTES
+        )
         self.app.add_routes(
             [
                 web.post("/v1/{model}", self.submit_v1),
@@ -166,6 +183,8 @@ class Simulator:
                 web.get("/v2/requests/{request_id}", self.result),
                 web.get("/files/{request_id}.mp4", self.download),
                 web.get("/v1/get-user-credits", self.credits),
+                web.post("/upload-asset", self.upload),
+                web.get("/assets/{name}", self.asset),
                 web.get("/inference-request/request-history", self.history_list),
                 web.get("/inference-request/request-history/{request_id}", self.history_get),
                 web.get("/_sim/ledger", self.ledger_json),
@@ -317,6 +336,9 @@ class Simulator:
                 self.accounts[record.pop("key")].requests.append(Seen(**record))
             elif kind == "top_up":
                 self.accounts[record["key"]].balance_micros += record["micros"]
+            elif kind == "upload":
+                self._store_asset(base64.b64decode(record.pop("data")), record.pop("mime"))
+                self.accounts[record.pop("key")].uploads.append(Upload(**record))
 
     def _journal_account(self, key: Any) -> None:
         if key not in self.accounts:
@@ -393,7 +415,7 @@ class Simulator:
             return _error(400, "Invalid JSON body: expected an object with a prompt")
         model = load_model(request.match_info["model"])
         digest = content_hash(payload)
-        invalid = _invalid(model.slug, payload)
+        invalid = _invalid(model.slug, payload) or self._unfetchable(model, payload)
         if invalid:
             self._record(key, route, digest, 400, None)
             return _error(400, invalid)
@@ -424,7 +446,8 @@ class Simulator:
         request_id = str(uuid.UUID(int=random.Random(f"{self.settings.seed}:id:{self._counter}").getrandbits(128)))
         now = self.clock()
         jitter = self.settings.latency_jitter_s
-        latency = max(0.0, self.settings.latency_s + (self._random.uniform(-jitter, jitter) if jitter else 0.0))
+        scaled = self.settings.latency_s * load_model(model).typical_generation_s / REFERENCE_MODEL_S
+        latency = max(0.0, scaled + (self._random.uniform(-jitter, jitter) if jitter else 0.0))
         generation = Generation(request_id, key, model, payload, digest, price, now, now + latency, will_fail)
         self._hold(generation)
         fields = {name: value for name, value in asdict(generation).items() if name not in ("state", "settled")}
@@ -614,10 +637,60 @@ class Simulator:
         return not self._closed.is_set()
 
     def _clip(self, generation: Generation) -> bytes:
-        spec = clip_spec(generation.payload, load_model(generation.model))
+        model = load_model(generation.model)
+        spec = clip_spec(generation.payload, model)
         # The picture follows the prompt and the request, so that two takes of one prompt differ too.
         palette = palette_of(f"{generation.payload.get('prompt')}:{generation.request_id}")
-        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette)
+        first = generation.payload.get(model.clip.image) if model.clip.image else None
+        asset = self.assets.get(_asset_name(first) or "")
+        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette, asset[0] if asset else None)
+
+    def _unfetchable(self, model: Model, payload: dict[str, Any]) -> str | None:
+        """The 400 of a request naming a file of this storage that it does not have (the provider fetches every
+        image a request names; this stand-in can only look in its own storage)."""
+        for slot, url in image_slots(payload, model.request_schema):
+            name = _asset_name(url)
+            if name is not None and name not in self.assets:
+                where = ".".join(map(str, slot))
+                return f"Invalid value for '{where}': could not fetch the image at {url}"
+        return None
+
+    # --- the storage (Segmind's SDK: files.py) -------------------------------------------------------------
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        """``POST /upload-asset``: keep each file of ``data_urls``; answer the URL of each."""
+        key = request.headers.get("x-api-key", "")
+        refused = self._check_key(request, key)
+        if refused:
+            return refused
+        body = await _json_body(request)
+        data_urls = body.get("data_urls") if isinstance(body, dict) else None
+        if not isinstance(data_urls, list) or not data_urls or not all(isinstance(u, str) for u in data_urls):
+            return _error(400, "data_urls: a list of base64 data URLs is required")
+        files = [_decode_data_url(url) for url in data_urls]
+        if any(file is None for file in files):
+            return _error(400, "data_urls: every item must be a base64 data URL of an image (PNG, JPEG or WebP)")
+        names = []
+        for data, mime in (file for file in files if file is not None):
+            name = self._store_asset(data, mime)
+            upload = Upload(hashlib.sha256(data).hexdigest(), len(data), self.clock())
+            self.accounts[key].uploads.append(upload)
+            record = {"type": "upload", "key": key, "mime": mime, "data": base64.b64encode(data).decode("ascii")}
+            self._log({**record, **vars(upload)})
+            names.append(f"{_origin(request)}/assets/{name}")
+        return web.json_response({"file_urls": names, "message": "Files uploaded successfully"})
+
+    def _store_asset(self, data: bytes, mime: str) -> str:
+        name = f"{hashlib.sha256(data).hexdigest()}.{EXTENSIONS[mime]}"
+        self.assets[name] = (data, mime)
+        return name
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        """``GET /assets/{name}``: a stored file (no key needed: the storage's URLs are public)."""
+        stored = self.assets.get(request.match_info["name"])
+        if stored is None:
+            return _error(404, "Not found")
+        return web.Response(body=stored[0], content_type=stored[1])
 
     # --- the request history (Segmind's SDK: generations.py) ------------------------------------------------
 
@@ -795,6 +868,27 @@ def _failed(generation: Generation) -> web.Response:
         "request_id": generation.request_id,
     }
     return web.json_response(body, status=422)
+
+
+def _asset_name(url: Any) -> str | None:
+    """The file name of a URL of this simulator's storage (``…/assets/<sha256>.<ext>``), ``None`` for any other."""
+    if not isinstance(url, str) or "/assets/" not in url:
+        return None
+    name = url.rsplit("/assets/", 1)[1]
+    return name if re.fullmatch(r"[0-9a-f]{64}\.(png|jpg|webp)", name) else None
+
+
+def _decode_data_url(url: str) -> tuple[bytes, str] | None:
+    """The bytes and type of a ``data:<type>;base64,<data>`` URL of an image, ``None`` for anything else."""
+    head, _, encoded = url.partition(",")
+    if not head.startswith("data:") or not head.endswith(";base64"):
+        return None
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    mime = sniff(data[:16])
+    return (data, mime) if mime is not None else None
 
 
 def _drop(request: web.Request) -> web.StreamResponse:
