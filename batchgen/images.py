@@ -27,6 +27,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"WEBP", 8, "image/webp"),  # after "RIFF" and the size
 )
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+MAX_IMAGE_BYTES = 64 << 20  # above every model's own limit (50 MB at most): a bigger file is refused unread
 
 
 class ImageProblem(ValueError):

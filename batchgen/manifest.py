@@ -1,8 +1,9 @@
 """A manifest file → a validated :class:`Manifest`, or a :class:`ManifestError` naming every problem at once.
 
 Each shot runs one model (``model:`` at the top, in the shot, or as a matrix axis: ``matrix: {model: [a, b]}``), and
-its request fields are the ones of that model. Validation runs in three layers, each reporting at the line:col of the
-YAML node at fault:
+its request fields are the ones of that model; ``image:`` stands for the model's first-frame field, whatever its
+name (``start_image_url``, ``first_frame_image``, ``image``), so that one still can be compared across models.
+Validation runs in three layers, each reporting at the line:col of the YAML node at fault:
 
 1. the YAML itself (``yamlsource``): syntax, encoding, duplicate keys, size;
 2. the manifest's JSON Schema (``schema/manifest.schema.json``): its structure, and that every request field is a
@@ -31,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import ManifestError, Problem
-from batchgen.images import ImageProblem, LocalImage, Slot, image_slots, read_image, replace_images, slot_limit
+from batchgen.images import (
+    MAX_IMAGE_BYTES,
+    ImageProblem,
+    LocalImage,
+    Slot,
+    image_slots,
+    read_image,
+    replace_images,
+    slot_limit,
+)
 from batchgen.models import DEFAULT_MODEL, Model, PriceTable, known_models, load_model
 from batchgen.validation import did_you_mean, make_validator, schema_problems
 from batchgen.yamlsource import Document, Path_, format_path, load_document
@@ -41,6 +51,7 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_RPM = 5
 TEMPLATE_FIELDS = ("prompt", "negative_prompt")
 MODEL_AXIS = "model"
+IMAGE_ALIAS = "image"  # a shot's first-frame image, under whichever name its model gives that field
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
 
@@ -149,12 +160,11 @@ def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Docum
     manifest = _build(doc, model)
     problems.extend(_pricing_problems(doc, model))
     for shot in manifest.shots:
-        unknown = _unknown_models(doc, manifest, shot)
-        problems.extend(unknown)
+        problems.extend(_unknown_models(doc, manifest, shot))
         if _at(structural, ("shots", shot.index)):
             problems.extend(_broken_shot_problems(doc, manifest, shot, structural))
             continue
-        if not unknown:
+        if shot.model is None or shot.model in known_models():
             problems.extend(_shot_problems(doc, manifest, shot, max_jobs))
     problems.extend(_duplicate_ids(doc, manifest))
     problems.extend(_job_limit(doc, manifest, max_jobs))
@@ -207,8 +217,9 @@ def _unknown_models(doc: Document, manifest: Manifest, shot: Shot) -> list[Probl
 
 @cache
 def field_names() -> frozenset[str]:
-    """Every request field of every model batchgen knows: what a manifest may write in ``defaults`` and shots."""
-    return frozenset(name for slug in known_models() for name in load_model(slug).request_fields)
+    """Every request field of every model batchgen knows, and ``image``: what a manifest may write in ``defaults``
+    and shots."""
+    return frozenset({IMAGE_ALIAS, *(name for slug in known_models() for name in load_model(slug).request_fields)})
 
 
 @cache
@@ -336,6 +347,10 @@ def _merge(
         else:
             variables[name] = value
     model = load_model(slug) if slug in known_models() else manifest.model
+    target = model.clip.image
+    if IMAGE_ALIAS in fields and target and target != IMAGE_ALIAS and target not in fields:
+        # `image:` is each model's first-frame field, whatever the model calls it: one still, several models.
+        fields[target], origin[target] = fields.pop(IMAGE_ALIAS), origin.pop(IMAGE_ALIAS)
     fields = _normalised(fields, model)
     if not render:
         return fields, origin, model
@@ -378,7 +393,7 @@ def _image(manifest: Manifest, value: str, max_bytes: int) -> str:
     key = str(path)
     if key not in manifest.images:
         try:
-            manifest.images[key] = read_image(path, 0)[0]
+            manifest.images[key] = read_image(path, MAX_IMAGE_BYTES)[0]
         except ImageProblem as exc:
             manifest.images[key] = exc
     image = manifest.images[key]
@@ -439,6 +454,11 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
     seen: set[str] = set()
     several = len(manifest.models) > 1
     for choices in every:
+        if any(
+            name == MODEL_AXIS and str(values[c]) not in known_models()
+            for (name, values), c in zip(shot.matrix, choices, strict=True)
+        ):
+            continue  # an unknown model: said once, by `_unknown_models`
         fields, origin, model = _merge(manifest, shot, choices)
         key = json.dumps([model.slug, fields], sort_keys=True)
         if key in seen:
@@ -524,12 +544,11 @@ def _request_problems(
         problems.append(doc.problem(origin[name], message, key=True))
     known = {name: value for name, value in fields.items() if name in model.request_fields}
     problems.extend(schema_problems(_request_validator(model.slug), known, locate))
-    if problems:
-        return problems
     _, bad_images = _with_images(manifest, model, known)
-    for slot, message in bad_images:
-        problems.append(doc.problem(place(slot), message))
-    return [*problems, *_segment_problems(doc, model, known, origin), *_voice_problems(doc, known, origin)]
+    images = [doc.problem(place(slot), message) for slot, message in bad_images]
+    if problems:
+        return [*problems, *images]
+    return [*images, *_segment_problems(doc, model, known, origin), *_voice_problems(doc, known, origin)]
 
 
 def _segment_problems(

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +35,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 DURATION_TOLERANCE_S = 0.5
 ASPECT_TOLERANCE = 0.03
+THUMBNAIL_WIDTH = 320  # an input image's copy in the gallery
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class RunDir:
         return self.root / "posters"
 
     @property
+    def inputs(self) -> Path:
+        """Small copies of the local images the run's jobs start from, for the gallery."""
+        return self.root / "inputs"
+
+    @property
     def run_log(self) -> Path:
         return self.root / "run.log"
 
@@ -76,7 +83,7 @@ class RunDir:
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             self.root.chmod(DIR_MODE)
-            for path in (self.videos, self.logs, self.posters):
+            for path in (self.videos, self.logs, self.posters, self.inputs):
                 _refuse_link(path)
                 path.mkdir(mode=DIR_MODE, exist_ok=True)
                 _refuse_link(path)  # not made a link meanwhile: chmod would follow it
@@ -229,18 +236,32 @@ def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
     frame = next(container.decode(stream), None)
     if frame is None:
         raise ProtocolError(f"{poster.stem} has no frame to show")
+    _write_jpeg(frame, frame.width, frame.height, poster)
+
+
+def make_thumbnail(image: Path, thumbnail: Path, max_width: int = THUMBNAIL_WIDTH) -> None:
+    """A JPEG at most ``max_width`` wide of the image file at ``image`` (PNG, JPEG, WebP), written atomically."""
+    with av.open(str(image), "r") as container:
+        frame = next(container.decode(video=0), None)
+    if frame is None:
+        raise ProtocolError(f"{image} has no picture to show")
+    scale = min(1.0, max_width / frame.width)
+    width, height = max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2)
+    _write_jpeg(frame, width, height, thumbnail)
+
+
+def _write_jpeg(frame: av.VideoFrame, width: int, height: int, path: Path) -> None:
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.thread_count = 1  # one small still: starting and joining two threads cost more than encoding it
-    encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
-    if stream.time_base is not None:
-        encoder.time_base = stream.time_base
-    still = _reformatter().reformat(frame, format="yuvj420p")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
+    encoder.time_base = Fraction(1, 25)
+    still = _reformatter().reformat(frame, width=width, height=height, format="yuvj420p")
     packets = encoder.encode(still) + encoder.encode(None)
-    temporary = poster.with_name(f".{poster.name}.tmp")
+    temporary = path.with_name(f".{path.name}.tmp")
     fd = _fresh(temporary)
     with os.fdopen(fd, "wb") as handle:
         handle.write(b"".join(bytes(packet) for packet in packets))
-    os.replace(temporary, poster)
+    os.replace(temporary, path)
 
 
 _local = threading.local()

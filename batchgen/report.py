@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import av
 
 from batchgen.budget import Budget
 from batchgen.errors import BatchgenError
-from batchgen.outputs import RunDir, make_poster, write_text
+from batchgen.images import ref_sha
+from batchgen.models import known_models, load_model
+from batchgen.outputs import RunDir, make_poster, make_thumbnail, write_text
 from batchgen.pricing import format_dollars, usd
 from batchgen.store import IN_FLIGHT, JobRow, Store
 
@@ -124,8 +128,9 @@ SUMMARY_VERSION = 1
 
 
 def write_report(store: Store, run_dir: RunDir) -> dict[str, Any]:
-    """Make the posters a checked video lacks (one made when it was checked failed, or an older run), then write
-    ``summary.json`` and ``index.html``; the summary. One read of the jobs, one listing of the posters."""
+    """Make the posters a checked video lacks (one made when it was checked failed, or an older run) and the
+    small copies of the local input images, then write ``summary.json`` and ``index.html``; the summary. One read of
+    the jobs, one listing of the posters."""
     rows = store.jobs()
     posters = {entry.name for entry in os.scandir(run_dir.posters)} if run_dir.posters.is_dir() else set()
     for job in rows:
@@ -134,7 +139,7 @@ def write_report(store: Store, run_dir: RunDir) -> dict[str, Any]:
             with contextlib.suppress(BatchgenError, OSError, av.FFmpegError):  # a gallery without one still
                 make_poster(run_dir.root / job.video_path, run_dir.posters / name)
                 posters.add(name)
-    summary = summary_data(store, rows, posters)
+    summary = summary_data(store, rows, posters, _input_copies(store, run_dir))
     write_text(run_dir.root / "summary.json", summary_text(summary))
     write_text(run_dir.root / "index.html", gallery_html(summary), durable=False)
     return summary
@@ -147,12 +152,56 @@ def summary_text(summary: dict[str, Any]) -> str:
     return f'{head[:-2]},\n  "jobs": [\n{jobs}\n  ]\n}}\n'
 
 
-def summary_data(store: Store, rows: list[JobRow], posters: set[str]) -> dict[str, Any]:
+def _input_copies(store: Store, run_dir: RunDir) -> dict[str, str]:
+    """The gallery's copy of each local image (made once, from the file while it holds the same content), by
+    sha256: its path in the run directory."""
+    copies = {}
+    for image in store.images():
+        name = f"{image.sha256[:16]}.jpg"
+        target = run_dir.inputs / name
+        if not target.exists():
+            with contextlib.suppress(BatchgenError, OSError, av.FFmpegError):  # a card without it
+                source = Path(image.path)
+                if hashlib.sha256(source.read_bytes()).hexdigest() == image.sha256:
+                    run_dir.inputs.mkdir(mode=0o700, exist_ok=True)
+                    make_thumbnail(source, target)
+        if target.exists():
+            copies[image.sha256] = f"inputs/{name}"
+    return copies
+
+
+def _input_image(job: JobRow, copies: dict[str, str]) -> str | None:
+    """What the gallery shows as a job's input: its first-frame image (a local image's copy, or the URL)."""
+    field = load_model(job.model).clip.image if job.model in known_models() else None
+    value = job.payload.get(field) if field else None
+    sha = ref_sha(value)
+    if sha is not None:
+        return copies.get(sha)
+    return value if isinstance(value, str) and value.startswith("https://") else None
+
+
+def _readable(value: Any, names: dict[str, str]) -> Any:
+    """A request value with each local image's reference shown as its file's name."""
+    sha = ref_sha(value)
+    if sha is not None:
+        return names.get(sha, "a local image")
+    if isinstance(value, list):
+        return [_readable(item, names) for item in value]
+    if isinstance(value, dict):
+        return {key: _readable(item, names) for key, item in value.items()}
+    return value
+
+
+def summary_data(
+    store: Store, rows: list[JobRow], posters: set[str], inputs: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``summary.json``: stable keys, documented in the README (``rows``: every job; ``posters``: the names in
-    ``posters/``)."""
+    ``posters/``; ``inputs``: the gallery's copies of local images, by sha256)."""
     status = status_data(store)
     costs = store.costs()
     last_run = store.get_meta("last_run", {})
+    names = {image.sha256: Path(image.path).name for image in store.images()}
+    inputs = inputs or {}
     jobs = []
     for job in rows:
         cost, attempts = costs.get(job.id, (0, 0))
@@ -161,12 +210,14 @@ def summary_data(store: Store, rows: list[JobRow], posters: set[str]) -> dict[st
             {
                 "id": job.id,
                 "shot": job.shot_id,
+                "model": job.model,
                 "take": job.take,
                 "variables": dict(job.variables),
                 "state": job.state,
                 "in_manifest": job.in_manifest,
                 "prompt": job.payload.get("prompt", ""),
-                "parameters": {k: v for k, v in job.payload.items() if k != "prompt"},
+                "input_image": _input_image(job, inputs),
+                "parameters": {k: _readable(v, names) for k, v in job.payload.items() if k != "prompt"},
                 "cost_usd": usd(cost),
                 "duration_s": (job.probe or {}).get("duration_s"),
                 "attempts": attempts,
@@ -211,6 +262,11 @@ section,.cards{display:contents}section h2{grid-column:1/-1;font-size:17px;margi
 .state-skipped .badge,.state-pending .badge{background:#6b5a12}
 .reason{background:#2a1414;border-left:3px solid #c44;padding:6px;color:#f0c0c0;white-space:pre-wrap}
 .warn{color:#f0c060;font-size:13px}summary{cursor:pointer;list-style:none}
+.pair{display:grid;grid-template-columns:1fr 3fr;gap:6px;align-items:center}
+.pair img{width:100%;border-radius:4px;border:1px solid #444}.model{color:#c9b6ff}
+.compare .grid{grid-column:1/-1;display:grid;grid-template-columns:repeat(var(--models),minmax(260px,1fr));gap:14px;
+overflow-x:auto}.colhead{font-weight:600;color:#c9b6ff;padding:4px 2px;border-bottom:1px solid #444}
+section h2 small{color:#999;font-weight:400}
 body[data-filter] .card{display:none}body[data-filter=all] .card{display:block}
 """
 
@@ -247,11 +303,7 @@ def gallery_html(summary: dict[str, Any]) -> str:
     shots: dict[str, list[dict[str, Any]]] = {}
     for job in summary["jobs"]:
         shots.setdefault(job["shot"], []).append(job)
-    sections = "".join(
-        f'<section data-shot="{_e(shot)}"><h2>{_e(shot)}</h2><div class="cards">{"".join(map(_card, jobs))}</div>'
-        "</section>"
-        for shot, jobs in shots.items()
-    )
+    sections = "".join(_section(shot, jobs) for shot, jobs in shots.items())
     title = _e(summary["name"] or "batchgen run")
     above = summary["charged_above_estimate"]
     if above["attempts"]:
@@ -264,6 +316,27 @@ def gallery_html(summary: dict[str, Any]) -> str:
     )
 
 
+def _section(shot: str, jobs: list[dict[str, Any]]) -> str:
+    """A shot's cards; a shot run on several models (a matrix over ``model``) as a comparison: one column per
+    model, one row per combination of its other variables and take, each column headed by its model."""
+    models = list(dict.fromkeys(job.get("model", "") for job in jobs))
+    if len(models) < 2:
+        cards = "".join(map(_card, jobs))
+        return f'<section data-shot="{_e(shot)}"><h2>{_e(shot)}</h2><div class="cards">{cards}</div></section>'
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for job in jobs:
+        others = {k: v for k, v in job["variables"].items() if k != "model"}
+        rows.setdefault(json.dumps([others, job["take"]], sort_keys=True), {})[job.get("model", "")] = job
+    heads = "".join(f'<div class="colhead">{_e(model)}</div>' for model in models)
+    cells = "".join(
+        _card(row[model]) if model in row else '<div class="empty"></div>' for row in rows.values() for model in models
+    )
+    return (
+        f'<section data-shot="{_e(shot)}" class="compare"><h2>{_e(shot)} <small>· {len(models)} models side by side'
+        f'</small></h2><div class="grid" style="--models:{len(models)}">{heads}{cells}</div></section>'
+    )
+
+
 def _card(job: dict[str, Any]) -> str:
     state = job["state"]
     if state == "done" and job["video"]:
@@ -272,13 +345,17 @@ def _card(job: dict[str, Any]) -> str:
         picture = f'<video controls preload="none"{poster} src="{_e(job["video"])}" title="{_e(job["id"])}"></video>'
     else:
         picture = f'<p class="reason">{_e(job["reason"] or state)}</p>'
+    if job.get("input_image"):
+        source = f'<img class="input" loading="lazy" src="{_e(job["input_image"])}" alt="input image" title="input">'
+        picture = f'<div class="pair">{source}{picture}</div>'
     params = parameters_text(job["parameters"])
     duration = f"{job['duration_s']} s" if job["duration_s"] is not None else "-"
     warnings = "".join(f'<p class="warn">⚠ {_e(w)}</p>' for w in job["warnings"])
     twice = '<p class="warn">possibly billed twice</p>' if job["possibly_billed_twice"] else ""
     return (
         f'<article class="card state-{_e(state)}" data-state="{_e(state)}">{picture}'
-        f'<h3>{_e(job["id"])}</h3><p class="meta"><span class="badge">{_e(state)}</span> take {job["take"]} · '
+        f'<h3>{_e(job["id"])}</h3><p class="meta"><span class="badge">{_e(state)}</span> '
+        f'<span class="model">{_e(job.get("model", ""))}</span> · take {job["take"]} · '
         f"{_e(format_dollars(job['cost_usd']))} · {_e(duration)} · {job['attempts']} "
         f"attempt{'s' * (job['attempts'] != 1)}</p>"
         f'<p class="prompt">{_e(job["prompt"])}</p><p class="meta">{_e(params)}</p>{warnings}{twice}</article>'

@@ -382,7 +382,7 @@ class Store:
                         json.dumps(job.variables),
                         job.model,
                         canonical_json(job.payload),
-                        content_hash(job.payload),
+                        content_hash({"model": job.model, "payload": job.payload}),  # as the simulator names it
                         estimate,
                         now,
                     )

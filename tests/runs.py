@@ -104,6 +104,7 @@ def cli_env(sim: Simulator | None, key: str = DEFAULT_KEY) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMIND_")}
     if sim is not None:
         env.update(SEGMIND_API_KEY=key, SEGMIND_BASE_URL=sim.base_url, SEGMIND_HISTORY_URL=sim.base_url)
+        env.update(SEGMIND_UPLOAD_URL=sim.base_url)
     return env
 
 

@@ -1,8 +1,9 @@
 """The simulator's books: the truth every test of money checks.
 
 Per API key: the balance, every charge (request id, payload hash, amount, time), every generation request seen, every
-file uploaded to the storage, and the most generations in progress at once. Amounts are micro-dollars, as everywhere
-in batchgen.
+file uploaded to the storage, and the most generations in progress at once. A payload hash is the content hash of
+the model and the body together: one body sent to two models is two requests. Amounts are micro-dollars, as
+everywhere in batchgen.
 """
 
 from __future__ import annotations

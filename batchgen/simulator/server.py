@@ -414,7 +414,7 @@ class Simulator:
         if not isinstance(payload, dict):
             return _error(400, "Invalid JSON body: expected an object with a prompt")
         model = load_model(request.match_info["model"])
-        digest = content_hash(payload)
+        digest = content_hash({"model": model.slug, "payload": payload})  # what was asked: the model and the body
         invalid = _invalid(model.slug, payload) or self._unfetchable(model, payload)
         if invalid:
             self._record(key, route, digest, 400, None)
