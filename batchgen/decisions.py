@@ -28,6 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from batchgen.canonical import canonical_json
+from batchgen.history import HistoryRow
+
 MAX_PAUSE_S = 3600.0
 
 
@@ -104,3 +107,109 @@ def provider_message(status: int | None, body: bytes | str, limit: int = 300) ->
     snippet = " ".join(text.split())[:limit]
     prefix = f"HTTP {status}" if status else ""
     return f"{prefix}: {snippet}" if snippet and prefix else snippet or prefix
+
+
+# --- what an attempt's end does: the runner's money and retry rules, as data --------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the end of an attempt does to its job, its money and the run (decided from the answer alone).
+
+    ``next_state`` is pending (another attempt, after ``backoff`` when set, and not before ``pause_until``),
+    failed or lost; ``money`` is released (not billed) or ambiguous (perhaps billed: kept until the provider's books
+    tell); ``refund`` gives the attempt back (the provider stopped us, or nothing was sent: not the job's fault);
+    ``stop`` is credits (no new submits) or provider (the whole run)."""
+
+    next_state: str
+    money: str
+    refund: bool
+    backoff: bool
+    message: str
+    pause_until: float | None = None
+    stop: str | None = None
+    unreachable: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """The attempt's outcome as the state records it."""
+        return {"pending": "retry", "failed": "failed", "lost": "lost"}[self.next_state]
+
+
+def attempt_outcome(decision: Decision, attempts_used: int, max_attempts: int, request_id: str | None) -> Outcome:
+    """The outcome of an attempt that ended on ``decision``, the job having used ``attempts_used`` of
+    ``max_attempts`` (``request_id``: the provider's id of the job's request, when it has one).
+
+    ======================  =========  ===========  =======  ==========================
+    decision                next       money        refund   run
+    ======================  =========  ===========  =======  ==========================
+    lost                    lost       ambiguous    no       (the history may find it)
+    fail_job                failed     as billed    no
+    retry, attempts left    pending    as billed    no       backoff
+    retry, none left        failed     as billed    no
+    pause_submits (429)     pending    released     yes      submits paused until reset
+    stop_submits (406)      pending    released     yes      stop: credits
+    stop_run (401/403/410)  pending    released     yes      stop: provider
+    unreachable (unsent)    pending    released     yes      paused; the outage is timed
+    ======================  =========  ===========  =======  ==========================
+    """
+    money = "ambiguous" if decision.billed == "unknown" else "released"
+    unreachable = decision.cause == "unreachable"
+    refund = decision.action in ("pause_submits", "stop_submits", "stop_run") or unreachable
+    stop = {"stop_submits": "credits", "stop_run": "provider"}.get(decision.action)
+
+    def outcome(next_state: str, money: str, message: str) -> Outcome:
+        retry = next_state == "pending"
+        return Outcome(
+            next_state, money, retry and refund, retry and not refund, message, decision.pause_until, stop, unreachable
+        )
+
+    if decision.action == "lost":
+        message = decision.message
+        if decision.status == 404:
+            message = f"the provider no longer knows request {request_id}: {decision.message}"
+        return outcome("lost", "ambiguous", message)
+    if decision.action == "fail_job":
+        return outcome("failed", money, decision.message)
+    if not refund and attempts_used >= max_attempts:
+        return outcome("failed", money, f"gave up after {attempts_used} attempts: {decision.message}")
+    return outcome("pending", money, decision.message)
+
+
+@dataclass(frozen=True)
+class HistoryMatch:
+    """What the request history says of an attempt whose submit answer was lost: ``verdict`` is adopt (the request
+    is there: follow it, never pay again), failed (there, FAILED: not billed), wait (not there yet, within the
+    history's lag) or resubmit (not there after the lag: submit again, possibly billed twice)."""
+
+    verdict: str
+    request_id: str | None = None
+    row: HistoryRow | None = None
+
+
+def match_history(
+    rows: list[HistoryRow],
+    *,
+    body: str,
+    owned: set[str],
+    started_at: float,
+    ended_at: float,
+    now: float,
+    skew_s: float,
+    lag_s: float,
+) -> HistoryMatch:
+    """Find an attempt's request among the history's ``rows``: one of the same ``body`` (canonical JSON) that no
+    other job owns, created between the attempt's intent (``started_at``, less ``skew_s``) and its end (plus
+    ``skew_s``); the first one after the intent, one in the skew before it only when there is none after."""
+    until = ended_at + skew_s
+    candidates = [
+        row
+        for row in rows
+        if row.request_id not in owned and row.created_at <= until and canonical_json(row.request_body) == body
+    ]
+    match = min(candidates, key=lambda row: (row.created_at < started_at, row.created_at), default=None)
+    if match is None:
+        return HistoryMatch("wait" if now < started_at + lag_s else "resubmit")
+    if match.status == "FAILED":
+        return HistoryMatch("failed", match.request_id, match)
+    return HistoryMatch("adopt", match.request_id, match)

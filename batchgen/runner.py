@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
-from batchgen.decisions import Decision
+from batchgen.decisions import Decision, attempt_outcome, match_history
 from batchgen.errors import BatchgenError, ExitCode, ProtocolError, StateError
 from batchgen.history import HistoryRow
 from batchgen.images import ImageProblem, data_url, refs_in, with_urls
@@ -531,37 +531,37 @@ class Runner:
             self._history_failed(job.id, exc.decision, "submitting again, possibly billed twice")
             return True
         self._history_answered()
-        owned = self.store.owned_request_ids()
-        body = canonical_json(self._sent_payload(job))
-        # The attempt's request, if the provider got it, was created between its intent and its end.
-        until = (attempt.ended_at or self.clock()) + HISTORY_SKEW_S
-        candidates = [
-            row
-            for row in rows
-            if row.request_id not in owned and row.created_at <= until and canonical_json(row.request_body) == body
-        ]
-        # The first one after the intent; one up to the skew before it only when there is none after.
-        match = min(candidates, key=lambda row: (row.created_at < attempt.started_at, row.created_at), default=None)
         now = self.clock()
-        if match is None or match.status == "FAILED":
-            if match is None and now < attempt.started_at + self.settings.history_lag_s:
-                self.store.defer(job.id, attempt.started_at + self.settings.history_lag_s, now)
-                self._event("info", job.id, "? not in the provider's request history yet: looking again later")
-                return False
-            if match is not None:
-                message = f"the provider's request history says {match.request_id} FAILED: not billed"
-                self.store.close_ambiguous(
-                    job.id, attempt.id, billed=False, message=message, now=now, request_id=match.request_id
-                )
-            else:
-                message = (
-                    f"not in the provider's request history after {self.settings.history_lag_s:g} s: "
-                    "submitted again, possibly billed twice"
-                )
-                self.store.close_ambiguous(job.id, attempt.id, billed=None, message=message, now=now)
+        found = match_history(
+            rows,
+            body=canonical_json(self._sent_payload(job)),
+            owned=self.store.owned_request_ids(),
+            started_at=attempt.started_at,
+            ended_at=attempt.ended_at or now,
+            now=now,
+            skew_s=HISTORY_SKEW_S,
+            lag_s=self.settings.history_lag_s,
+        )
+        if found.verdict == "wait":
+            self.store.defer(job.id, attempt.started_at + self.settings.history_lag_s, now)
+            self._event("info", job.id, "? not in the provider's request history yet: looking again later")
+            return False
+        if found.verdict == "failed":
+            message = f"the provider's request history says {found.request_id} FAILED: not billed"
+            self.store.close_ambiguous(
+                job.id, attempt.id, billed=False, message=message, now=now, request_id=found.request_id
+            )
+        elif found.verdict == "resubmit":
+            message = (
+                f"not in the provider's request history after {self.settings.history_lag_s:g} s: "
+                "submitted again, possibly billed twice"
+            )
+            self.store.close_ambiguous(job.id, attempt.id, billed=None, message=message, now=now)
+        if found.verdict != "adopt":
             self._event("retry", job.id, f"↻ {message}")
             return True
-        return await self._adopt(job, attempt, match)
+        assert found.row is not None
+        return await self._adopt(job, attempt, found.row)
 
     async def _adopt(self, job: JobRow, attempt: AttemptRow, row: HistoryRow) -> bool:
         now = self.clock()
@@ -816,77 +816,41 @@ class Runner:
         self._notify()
 
     async def _attempt_failed(self, job: JobRow, decision: Decision, *, slot_held: bool = True) -> None:
-        """End the open attempt as the decision says, and free its slot."""
+        """End the open attempt as ``attempt_outcome`` says, and free its slot."""
         now = self.clock()
-        money = "ambiguous" if decision.billed == "unknown" else "released"
         current = self.store.job(job.id)
-        unreachable = decision.cause == "unreachable"  # nothing was sent: no attempt of the job's, the host's outage
-        refund = decision.action in ("pause_submits", "stop_submits", "stop_run") or unreachable
-        if decision.action == "pause_submits":
-            self.rate.pause(decision.pause_until or now)
-        if unreachable:
+        out = attempt_outcome(decision, current.attempts_used, self.settings.max_attempts, current.request_id)
+        if out.pause_until is not None:
+            self.rate.pause(out.pause_until)
+        if out.unreachable:  # nothing was sent: no attempt of the job's, the host's outage
             self.rate.pause(now + self.settings.unreachable_pause_s)
             self._unreachable(decision)
-        if decision.action in ("stop_submits", "stop_run"):
-            kind = "credits" if decision.action == "stop_submits" else "provider"
-            self._stop(kind, f"stopped by the provider: {decision.message}")
-        if decision.action == "lost":
-            self.store.end_attempt(
-                job.id,
-                money="ambiguous",
-                outcome="lost",
-                next_state="lost",
-                status=decision.status,
-                message=(
-                    f"the provider no longer knows request {current.request_id}: {decision.message}"
-                    if decision.status == 404
-                    else decision.message
-                ),
-                now=now,
-            )
+        if out.stop is not None:
+            self._stop(out.stop, f"stopped by the provider: {decision.message}")
+        wait = 0.0
+        if out.backoff:
+            draw = self.random.random()
+            wait = backoff_s(current.attempts_used, self.settings.backoff_base_s, self.settings.backoff_cap_s, draw)
+        not_before = max(now + wait, out.pause_until or 0.0)
+        self.store.end_attempt(
+            job.id,
+            money=out.money,
+            outcome=out.outcome,
+            next_state=out.next_state,
+            status=decision.status,
+            message=out.message,
+            backoff_s=wait if out.next_state == "pending" else None,
+            not_before=not_before if out.next_state == "pending" else 0.0,
+            refund_attempt=out.refund,
+            now=now,
+        )
+        if out.next_state == "lost":
             if not await self._from_history(job.id):
                 self._event("lost", job.id, f"! lost: request {current.request_id}")
-        elif decision.action == "fail_job" or (not refund and current.attempts_used >= self.settings.max_attempts):
-            reason = (
-                decision.message
-                if decision.action == "fail_job"
-                else (f"gave up after {current.attempts_used} attempts: {decision.message}")
-            )
-            self.store.end_attempt(
-                job.id,
-                money=money,
-                outcome="failed",
-                next_state="failed",
-                status=decision.status,
-                message=reason,
-                now=now,
-            )
-            self._event("failed", job.id, f"! failed: {reason}")
+        elif out.next_state == "failed":
+            self._event("failed", job.id, f"! failed: {out.message}")
         else:
-            wait = (
-                0.0
-                if refund
-                else backoff_s(
-                    current.attempts_used,
-                    self.settings.backoff_base_s,
-                    self.settings.backoff_cap_s,
-                    self.random.random(),
-                )
-            )
-            not_before = max(now + wait, decision.pause_until or 0.0)
-            self.store.end_attempt(
-                job.id,
-                money=money,
-                outcome="retry",
-                next_state="pending",
-                status=decision.status,
-                message=decision.message,
-                backoff_s=wait,
-                not_before=not_before,
-                refund_attempt=refund,
-                now=now,
-            )
-            glyph = "?" if money == "ambiguous" else "↻"
+            glyph = "?" if out.money == "ambiguous" else "↻"
             again = max(not_before, self.rate.paused_until) - now
             self._event("retry", job.id, f"{glyph} retry in {again:.1f}s: {decision.message}")
         if slot_held:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.decisions import MAX_PAUSE_S, classify, pause_until, provider_message
+from batchgen.canonical import canonical_json
+from batchgen.decisions import (
+    MAX_PAUSE_S,
+    Decision,
+    attempt_outcome,
+    classify,
+    match_history,
+    pause_until,
+    provider_message,
+)
+from batchgen.history import HistoryRow
 
 NOW = 1_800_000_000.0
 ERROR = b'{"error": "the provider says so"}'
@@ -66,3 +76,67 @@ def test_provider_message_shows_the_start_of_a_body_that_is_not_json() -> None:
         "HTTP 405: <html><body>Method Not Allowed</body></html>"
     )
     assert provider_message(502, b"") == "HTTP 502"
+
+
+# --- the runner's money and retry rules, as tables ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("decision", "used", "expected"),
+    [
+        # action, billed, status, cause            used   next       money        refund backoff stop
+        (Decision("lost", "unknown", "gone", 404), 1, ("lost", "ambiguous", False, False, None)),
+        (Decision("fail_job", "no", "bad", 400), 1, ("failed", "released", False, False, None)),
+        (Decision("retry", "no", "5xx", 502), 1, ("pending", "released", False, True, None)),
+        (Decision("retry", "no", "5xx", 502), 5, ("failed", "released", False, False, None)),
+        (Decision("retry", "unknown", "silence", cause="silence"), 2, ("pending", "ambiguous", False, True, None)),
+        (Decision("retry", "unknown", "silence", cause="silence"), 5, ("failed", "ambiguous", False, False, None)),
+        (Decision("pause_submits", "no", "429", 429, 99.0), 5, ("pending", "released", True, False, None)),
+        (Decision("stop_submits", "no", "406", 406), 5, ("pending", "released", True, False, "credits")),
+        (Decision("stop_run", "no", "401", 401), 1, ("pending", "released", True, False, "provider")),
+        (Decision("retry", "no", "refused", cause="unreachable"), 5, ("pending", "released", True, False, None)),
+    ],
+)
+def test_attempt_outcome_table(decision: Decision, used: int, expected: tuple[object, ...]) -> None:
+    out = attempt_outcome(decision, used, 5, "req-1")
+    assert (out.next_state, out.money, out.refund, out.backoff, out.stop) == expected
+    assert out.pause_until == decision.pause_until and out.unreachable == (decision.cause == "unreachable")
+
+
+def test_attempt_outcome_messages_name_the_request_and_the_attempts() -> None:
+    lost = attempt_outcome(Decision("lost", "unknown", "Not found", 404), 1, 5, "req-1")
+    assert lost.message == "the provider no longer knows request req-1: Not found" and lost.outcome == "lost"
+    spent = attempt_outcome(Decision("retry", "no", "HTTP 502", 502), 5, 5, None)
+    assert spent.message == "gave up after 5 attempts: HTTP 502" and spent.outcome == "failed"
+
+
+def _row(request_id: str, created_at: float, body: object, status: str = "COMPLETED") -> HistoryRow:
+    return HistoryRow(request_id, "m", status, 1, body, None, created_at)
+
+
+@pytest.mark.parametrize(
+    ("rows", "now", "verdict", "request_id"),
+    [
+        ([], 105.0, "wait", None),  # within the lag: the history may not show it yet
+        ([], 125.0, "resubmit", None),  # after the lag: it never arrived
+        ([_row("other", 101.0, {"p": 2})], 125.0, "resubmit", None),  # another body
+        ([_row("mine", 101.0, {"p": 1})], 125.0, "adopt", "mine"),
+        ([_row("owned", 101.0, {"p": 1})], 125.0, "resubmit", None),  # another job's request
+        ([_row("late", 140.0, {"p": 1})], 125.0, "resubmit", None),  # made after the attempt ended
+        ([_row("early", 99.5, {"p": 1}), _row("after", 102.0, {"p": 1})], 125.0, "adopt", "after"),
+        ([_row("early", 99.5, {"p": 1})], 125.0, "adopt", "early"),  # within the skew, none after
+        ([_row("x", 101.0, {"p": 1}, "FAILED")], 125.0, "failed", "x"),
+    ],
+)
+def test_match_history_table(rows: list[HistoryRow], now: float, verdict: str, request_id: str | None) -> None:
+    found = match_history(
+        rows,
+        body=canonical_json({"p": 1}),
+        owned={"owned"},
+        started_at=100.0,
+        ended_at=110.0,
+        now=now,
+        skew_s=2.0,
+        lag_s=20.0,
+    )
+    assert (found.verdict, found.request_id) == (verdict, request_id)
