@@ -50,7 +50,14 @@ EXIT_MEANINGS = {
 # What each command can return, and two or three examples of it (its --help shows both).
 COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     "validate": ((0, 2), ("batchgen validate manifests/demo.yaml", "batchgen validate shots/*.yaml")),
-    "plan": ((0, 2), ("batchgen plan manifests/demo.yaml", "batchgen plan night.yaml --budget 25 --json")),
+    "plan": (
+        (0, 2),
+        (
+            "batchgen plan manifests/demo.yaml",
+            "batchgen plan manifests/stills.yaml",
+            "batchgen plan night.yaml --budget 25 --json",
+        ),
+    ),
     "run": (
         (0, 1, 2, 3, 4, 130),
         (
@@ -67,7 +74,7 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     ),
     "retry": ((0, 2), ("batchgen retry night.yaml", "batchgen retry night.yaml --lost")),
     "verify": ((0, 1, 2), ("batchgen verify night.yaml", "batchgen verify night.yaml --repair")),
-    "models": ((0, 2), ("batchgen models", "batchgen models veo-3")),
+    "models": ((0, 2), ("batchgen models", "batchgen models veo-3", "batchgen models kling-3-standard-image2video")),
     "simulate": (
         (0, 2),
         ("batchgen simulate --latency-s 0", "batchgen simulate --fault-rate 0.25 --trickle 700:4 --seed 7"),
@@ -141,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="batchgen",
-        description="Run batches of paid text-to-video generations (Segmind Kling 3.0) overnight, "
-        "within a hard budget, resumable after any failure.",
+        description="Run batches of paid video generations (Segmind: Kling 3.0 and its catalogue, from prompts or "
+        "your own stills) overnight, within a hard budget, resumable after any failure.",
         epilog=exit_codes(sorted(EXIT_MEANINGS))
         + "\nexamples:\n  batchgen run manifests/demo.yaml --simulate\n  batchgen COMMAND --help",
         formatter_class=_Help,
@@ -320,8 +327,10 @@ def _models(args: argparse.Namespace) -> int:
         for slug in known_models():
             model = load_model(slug)
             low_high = model.price_range_usd
-            price = f"{format_dollars(low_high[0])}-{format_dollars(low_high[1])}" if low_high else "-"
-            seconds = ", ".join(map(str, model.durations))
+            price = f"{format_dollars(low_high[0])}-{format_dollars(low_high[1])}" if low_high else "not stated"
+            durations = model.durations
+            contiguous = len(durations) > 3 and durations == list(range(durations[0], durations[-1] + 1))
+            seconds = f"{durations[0]}-{durations[-1]}" if contiguous else ", ".join(map(str, durations))
             rows.append((slug, model.kind, seconds, price, f"~{model.typical_generation_s:.0f} s"))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         for row in rows:
