@@ -11,8 +11,8 @@ Validation runs in three layers, each reporting at the line:col of the YAML node
 3. every matrix combination of every shot against its model's request schema (a field the model lacks, a value it
    does not take, each naming the model when the manifest uses several), and the rules a schema cannot state:
    templates refer to matrix variables and every variable is used, ``multi_prompt`` segments add up to ``duration``,
-   ``<<<voice_N>>>`` refers to a listed voice, a local image exists, is an image and is within the model's limit,
-   shot ids are unique, the job count is bounded.
+   ``<<<voice_N>>>`` refers to a listed voice, ``@ElementN`` to a listed element, a local image exists, is an image
+   and is within the model's limit, shot ids are unique, the job count is bounded.
 
 A problem found the same way by several combinations (a default every combination inherits) is reported once.
 """
@@ -54,6 +54,7 @@ MODEL_AXIS = "model"
 IMAGE_ALIAS = "image"  # a shot's first-frame image, under whichever name its model gives that field
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
+_ELEMENT_REF = re.compile(r"@Element(\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -548,7 +549,12 @@ def _request_problems(
     images = [doc.problem(place(slot), message) for slot, message in bad_images]
     if problems:
         return [*problems, *images]
-    return [*images, *_segment_problems(doc, model, known, origin), *_voice_problems(doc, known, origin)]
+    return [
+        *images,
+        *_segment_problems(doc, model, known, origin),
+        *_voice_problems(doc, known, origin),
+        *_element_problems(doc, model, known, origin),
+    ]
 
 
 def _segment_problems(
@@ -568,6 +574,24 @@ def _segment_problems(
         "Kling requires them to be equal: change a segment or the duration"
     )
     return [doc.problem(origin["multi_prompt"], message)]
+
+
+def _element_problems(
+    doc: Document, model: Model, fields: Mapping[str, Any], origin: Mapping[str, Path_]
+) -> list[Problem]:
+    """``@ElementN`` in a prompt names one of the request's ``elements`` (Kling image-to-video: at most 3)."""
+    if "elements" not in model.request_fields:
+        return []
+    count = len(fields.get("elements") or [])
+    problems = []
+    unrendered = {name: fields[name] for name in (*TEMPLATE_FIELDS, "multi_prompt") if name in fields}
+    for path, text in _templates(unrendered, origin):
+        for match in _ELEMENT_REF.finditer(text):
+            number = int(match.group(1))
+            if not 1 <= number <= count:
+                listed = f"elements lists {count}" if count else "there are no elements"
+                problems.append(doc.problem(path, f"{match.group(0)} refers to element {number}, but {listed}"))
+    return problems
 
 
 def _voice_problems(doc: Document, fields: Mapping[str, Any], origin: Mapping[str, Path_]) -> list[Problem]:

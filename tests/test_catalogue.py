@@ -341,3 +341,19 @@ def test_the_gallery_shows_the_input_and_compares_models_side_by_side(write_mani
     html = (out / "index.html").read_text()
     assert html.count('class="colhead"') == 6  # two comparisons of three models
     assert '<div class="colhead">hailuo-2.3-fast</div>' in html and 'class="input"' in html
+
+
+def test_element_references_name_listed_elements(write_manifest, tmp_path) -> None:
+    _stills(tmp_path)
+    path = write_manifest(
+        "version: 1\nname: el\nmodel: kling-3-standard-image2video\nshots:\n"
+        "  - id: a\n    image: stills/orange.png\n    prompt: '@Element1 meets @Element3'\n"
+        "    elements:\n      - frontal_image_url: stills/blue.jpg\n        reference_image_urls: [stills/orange.png]\n"
+    )
+    (message,) = _messages(path)
+    assert message.endswith(":7:13: shots[0].prompt: @Element3 refers to element 3, but elements lists 1")
+    fixed = write_manifest(path.read_text().replace("@Element3", "the sea"), "fixed.yaml")
+    (job,) = expand(load_manifest(fixed))
+    element = job.payload["elements"][0]
+    assert element["frontal_image_url"].startswith("image:sha256:")  # nested images are local files too
+    assert element["reference_image_urls"][0] == job.payload["start_image_url"]
