@@ -388,6 +388,11 @@ def _add_simulate(commands: Any) -> None:
     command.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     command.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     command.add_argument("--latency-s", type=float, default=2.0, help="generation time in seconds (default 2)")
+    command.add_argument(
+        "--resolution",
+        choices=["720p", "1080p"],
+        help="make clips of this real size (textured, as heavy as real ones; default: small clips)",
+    )
     command.add_argument("--jitter-s", type=float, default=0.0, help="± random spread of the generation time")
     command.add_argument("--credits", type=float, default=100.0, metavar="USD", help="starting balance per key")
     command.add_argument("--rpm", type=int, default=50, help="submits per minute per key (default 50, Pro)")
@@ -462,6 +467,7 @@ def _simulate(args: argparse.Namespace) -> int:
         rpm=args.rpm,
         latency_s=args.latency_s,
         latency_jitter_s=args.jitter_s,
+        resolution=args.resolution or "",
         ttl_s=args.ttl_s,
         v1_mode=args.v1_mode,
         retry_after=args.retry_after,
@@ -578,6 +584,9 @@ def _add_run(commands: Any) -> None:
     )
     command.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no key, no cost)")
     command.add_argument("--sim-latency-s", type=float, default=2.0, metavar="S", help="simulated generation time")
+    command.add_argument(
+        "--sim-resolution", choices=["720p", "1080p"], help="with --simulate: clips of this real size (default small)"
+    )
     command.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     command.add_argument(
         "--progress-every-s",
@@ -700,7 +709,9 @@ async def _run_async(
 
         # The simulator keeps its requests and ledger in the run directory, so that a stopped demo resumes as a real
         # run does: its requests are still there to poll, fetch and find in the history, and none is paid twice.
-        sim_settings = SimSettings(latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50))
+        sim_settings = SimSettings(
+            latency_s=args.sim_latency_s, rpm=max(settings.rpm, 50), resolution=args.sim_resolution or ""
+        )
         async with running_simulator(sim_settings, journal=run_dir.root / SIMULATOR_JOURNAL) as simulator:
             sim_target = Target(simulator.base_url, DEFAULT_KEY, simulator.base_url, simulator.base_url)
             return await _drive(manifest, store, run_dir, settings, sim_target, progress)

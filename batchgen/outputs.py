@@ -36,6 +36,10 @@ FILE_MODE = 0o600
 DURATION_TOLERANCE_S = 0.5
 ASPECT_TOLERANCE = 0.03
 THUMBNAIL_WIDTH = 320  # an input image's copy in the gallery
+# A poster is a thumbnail: a 1080p still is ~0.2-0.7 MB, 10,000 of them gigabytes for a gallery to pull; at 480 px
+# wide it is a few tens of kB (bench/gallery.py measures it). Clicking a card plays the video itself.
+POSTER_WIDTH = 480
+JPEG_QUALITY = 5  # FFmpeg's MJPEG qscale: 2 is best, 31 worst; 5 is a good-looking thumbnail
 
 
 @dataclass(frozen=True)
@@ -211,8 +215,8 @@ def probe_video(path: Path, poster: Path | None = None) -> dict[str, Any]:
 
 
 def make_poster(video: Path, poster: Path) -> None:
-    """A JPEG still from the middle of ``video`` (the keyframe at or before it), written atomically to ``poster``
-    (PyAV only, no imaging library)."""
+    """A JPEG thumbnail (at most ``POSTER_WIDTH`` wide) of the middle of ``video`` (the keyframe at or before it),
+    written atomically to ``poster`` (PyAV only, no imaging library)."""
     with av.open(str(video), format="mp4", options={"threads": "1"}) as container:
         _write_poster(container, _seconds(container) / 2, poster)
 
@@ -236,7 +240,13 @@ def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
     frame = next(container.decode(stream), None)
     if frame is None:
         raise ProtocolError(f"{poster.stem} has no frame to show")
-    _write_jpeg(frame, frame.width, frame.height, poster)
+    _write_jpeg(frame, *_fit(frame.width, frame.height, POSTER_WIDTH), poster)
+
+
+def _fit(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """A picture's size at most ``max_width`` wide (never enlarged), its ratio kept, its sides even."""
+    scale = min(1.0, max_width / width)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
 def make_thumbnail(image: Path, thumbnail: Path, max_width: int = THUMBNAIL_WIDTH) -> None:
@@ -245,9 +255,7 @@ def make_thumbnail(image: Path, thumbnail: Path, max_width: int = THUMBNAIL_WIDT
         frame = next(container.decode(video=0), None)
     if frame is None:
         raise ProtocolError(f"{image} has no picture to show")
-    scale = min(1.0, max_width / frame.width)
-    width, height = max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2)
-    _write_jpeg(frame, width, height, thumbnail)
+    _write_jpeg(frame, *_fit(frame.width, frame.height, max_width), thumbnail)
 
 
 def _write_jpeg(frame: av.VideoFrame, width: int, height: int, path: Path) -> None:
@@ -255,6 +263,7 @@ def _write_jpeg(frame: av.VideoFrame, width: int, height: int, path: Path) -> No
     encoder.thread_count = 1  # one small still: starting and joining two threads cost more than encoding it
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
     encoder.time_base = Fraction(1, 25)
+    encoder.qmin = encoder.qmax = JPEG_QUALITY
     still = _reformatter().reformat(frame, width=width, height=height, format="yuvj420p")
     packets = encoder.encode(still) + encoder.encode(None)
     temporary = path.with_name(f".{path.name}.tmp")

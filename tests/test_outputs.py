@@ -61,3 +61,25 @@ def test_a_real_video_in_another_container_is_not_the_mp4_asked_for(tmp_path: Pa
     [result] = place_videos([part], None)
     assert isinstance(result, ProtocolError) and "not a playable MP4 video" in str(result)
     assert list(tmp_path.glob("mkv*")) == []
+
+
+def test_a_real_size_clip_gets_a_thumbnail_poster(tmp_path: Path) -> None:
+    from batchgen.outputs import POSTER_WIDTH, make_poster
+    from batchgen.simulator.clips import make_clip
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(make_clip(5, "16:9", True, 3, None, "1080p"))
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height, stream.codec_context.name) == (
+            1920,
+            1080,
+            "h264",
+        )
+        assert float(stream.duration * stream.time_base) == 5.0 and container.streams.audio
+    poster = tmp_path / "poster.jpg"
+    make_poster(video, poster)
+    with av.open(str(poster)) as still:
+        frame = next(still.decode(video=0))
+    assert (frame.width, frame.height) == (POSTER_WIDTH, 270)
+    assert 2_000 < poster.stat().st_size <= 40_000  # a thumbnail, not a 1080p still

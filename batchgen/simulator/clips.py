@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import random
 from collections.abc import Iterator
 from fractions import Fraction
 from functools import lru_cache
@@ -25,17 +27,21 @@ PALETTES = 16
 FREE_BOX_HEADER = 16  # a 64-bit "free" box: size 1, type, then the 8-byte large size
 
 
-def size_of(aspect_ratio: str) -> tuple[int, int]:
-    """The clip's size for an aspect ratio ``W:H``: the three of ``SIZES``, else the longest side 320 (even sides,
-    as H.264 wants them); a ratio that is no ratio gets 16:9's."""
-    if aspect_ratio in SIZES:
+RESOLUTIONS = {"720p": 720, "1080p": 1080}  # the short side of a realistic clip (``--resolution``)
+
+
+def size_of(aspect_ratio: str, resolution: str = "") -> tuple[int, int]:
+    """The clip's size for an aspect ratio ``W:H``: small by default (the three of ``SIZES``, else the longest side
+    320), or at a real ``resolution`` (720p, 1080p: the short side 720 or 1080); even sides, as H.264 wants them. A
+    ratio that is no ratio gets 16:9's."""
+    if not resolution and aspect_ratio in SIZES:
         return SIZES[aspect_ratio]
     try:
         width, height = (float(part) for part in aspect_ratio.split(":"))
-        scale = 320 / max(width, height)
+        scale = RESOLUTIONS[resolution] / min(width, height) if resolution else 320 / max(width, height)
         return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
     except (ValueError, ZeroDivisionError):
-        return SIZES["16:9"]
+        return size_of("16:9", resolution)
 
 
 def palette_of(prompt: str) -> int:
@@ -43,11 +49,26 @@ def palette_of(prompt: str) -> int:
     return hashlib.sha256(prompt.encode("utf-8")).digest()[0] % PALETTES
 
 
+def make_clip(
+    seconds: int,
+    aspect_ratio: str,
+    audio: bool,
+    palette: int = 0,
+    image: bytes | None = None,
+    resolution: str = "",
+) -> bytes:
+    """An MP4 of exactly ``seconds`` seconds at the size of ``aspect_ratio`` (and ``resolution``: see ``size_of``),
+    with silent AAC audio when ``audio``; starting on ``image`` (a PNG, JPEG or WebP file's bytes) when one is given
+    and can be decoded. At a real resolution the picture is a textured landscape drifting sideways, so that its
+    stills weigh what a real clip's do (a flat card would make every thumbnail a few hundred bytes)."""
+    width, height = size_of(aspect_ratio, resolution)
+    if resolution and image is None:
+        return _textured_clip(seconds, width, height, audio, palette % REAL_PALETTES)
+    return _clip(seconds, width, height, audio, palette, image)
+
+
 @lru_cache(maxsize=512)
-def make_clip(seconds: int, aspect_ratio: str, audio: bool, palette: int = 0, image: bytes | None = None) -> bytes:
-    """An MP4 of exactly ``seconds`` seconds at the size of ``aspect_ratio``, with silent AAC audio when ``audio``;
-    starting on ``image`` (a PNG, JPEG or WebP file's bytes) when one is given and can be decoded."""
-    width, height = size_of(aspect_ratio)
+def _clip(seconds: int, width: int, height: int, audio: bool, palette: int, image: bytes | None) -> bytes:
     still = _still(image, width, height) if image else None
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
@@ -96,6 +117,63 @@ def _encode_video(
         frame.time_base = Fraction(1, FPS)
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
+
+
+@lru_cache(maxsize=24)  # real-size clips weigh up to a few MB: few are kept
+def _textured_clip(seconds: int, width: int, height: int, audio: bool, palette: int) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "ultrafast", "crf": "30"}
+        sound = container.add_stream("aac", rate=AUDIO_RATE) if audio else None
+        luma, blue, red = _texture(width, height, palette)
+        for index in range(seconds * FPS):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            shift = index * DRIFT_PX
+            frame.planes[0].update(_window(luma, width, shift, frame.planes[0]))
+            frame.planes[1].update(_window(blue, width // 2, shift // 2, frame.planes[1]))
+            frame.planes[2].update(_window(red, width // 2, shift // 2, frame.planes[2]))
+            frame.pts = index
+            frame.time_base = Fraction(1, FPS)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            _encode_audio(container, sound, seconds)
+    return buffer.getvalue()
+
+
+DRIFT_PX = 8  # how far the textured picture moves sideways each frame
+REAL_PALETTES = 4  # real-size clips come in fewer looks: each costs a second to draw and megabytes to keep
+
+
+def _window(plane: list[bytes], width: int, shift: int, target: av.video.plane.VideoPlane) -> bytes:
+    """Rows ``shift .. shift + width`` of a wider texture, each padded to the target plane's line size."""
+    pad = bytes(target.line_size - width)
+    return b"".join(row[shift : shift + width] + pad for row in plane[: target.height])
+
+
+@lru_cache(maxsize=4)
+def _texture(width: int, height: int, palette: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """A landscape-like picture wider than the frame (sky gradient, rolling hills, a fine grain): its Y, U and V
+    rows. Built once per size and palette (a second or two at 1080p), then every frame is a window of it."""
+    drift = DRIFT_PX * 15 * FPS  # room for the longest clip
+    full = width + drift
+    grain = random.Random(palette).randbytes(full + height)
+    base = palette * 256 // PALETTES
+    horizon = [int(height * (0.55 + 0.08 * math.sin(x / 97 + palette) + 0.04 * math.sin(x / 23))) for x in range(full)]
+    luma = []
+    for y in range(height):
+        sky = 200 - 120 * y // height
+        row = bytearray(full)
+        for x in range(full):
+            value = (sky if y < horizon[x] else 40 + (x * 7 + y * 3) % 60) + (grain[x + y] & 15)
+            row[x] = min(235, max(16, value + (base & 31)))
+        luma.append(bytes(row))
+    half = full // 2
+    blue = [bytes((base + 40 + y // 8) % 256 for _ in range(half)) for y in range(height // 2)]
+    red = [bytes((255 - base + x // 16) % 256 for x in range(half)) for _ in range(height // 2)]
+    return luma, blue, red
 
 
 def _triangle(step: int, period: int) -> float:

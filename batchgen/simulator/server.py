@@ -64,7 +64,7 @@ from batchgen.images import EXTENSIONS, image_slots, sniff
 from batchgen.models import Model, known_models, load_model
 from batchgen.pricing import clip_spec, estimate_micros, micros, usd
 from batchgen.simulator import DEFAULT_KEY
-from batchgen.simulator.clips import make_clip, padded_chunks, padded_size, palette_of
+from batchgen.simulator.clips import RESOLUTIONS, make_clip, padded_chunks, padded_size, palette_of
 from batchgen.simulator.faults import Fault, FaultPlan
 from batchgen.simulator.journal import Journal, Record
 from batchgen.simulator.ledger import Account, Charge, Seen, Upload
@@ -107,10 +107,13 @@ class SimSettings:
     stall_gap_s: float = 1.0  # the pause between the bytes of a stalled download (fault "stall_download")
     history_shape: str = "data"  # the request history's page and row shape: one of HISTORY_SHAPES
     price_factor: float = 1.0  # the provider's prices against the model's table (3.0: it charges three times it)
+    resolution: str = ""  # "720p" or "1080p": clips of the real size, textured ("": small clips, quick to make)
 
     def __post_init__(self) -> None:
         if self.history_shape not in HISTORY_SHAPES:
             raise UsageError(f"history_shape is one of {', '.join(HISTORY_SHAPES)} (got {self.history_shape!r})")
+        if self.resolution not in ("", *RESOLUTIONS):
+            raise UsageError(f"resolution is one of {', '.join(RESOLUTIONS)} (got {self.resolution!r})")
         if not self.price_factor > 0:
             raise UsageError("the price factor (--price-factor) must be more than 0")
         if self.trickle_bytes < 0 or self.trickle_gap_s < 0 or self.stall_gap_s < 0:
@@ -643,7 +646,8 @@ class Simulator:
         palette = palette_of(f"{generation.payload.get('prompt')}:{generation.request_id}")
         first = generation.payload.get(model.clip.image) if model.clip.image else None
         asset = self.assets.get(_asset_name(first) or "")
-        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette, asset[0] if asset else None)
+        image = asset[0] if asset else None
+        return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette, image, self.settings.resolution)
 
     def _unfetchable(self, model: Model, payload: dict[str, Any]) -> str | None:
         """The 400 of a request naming a file of this storage that it does not have (the provider fetches every
