@@ -67,7 +67,11 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
         ),
     ),
     "status": ((0, 2), ("batchgen status manifests/demo.yaml", "batchgen status --out output/demo --json")),
-    "report": ((0, 2), ("batchgen report manifests/demo.yaml",)),
+    "report": ((0, 2), ("batchgen report manifests/demo.yaml", "batchgen report --out output/demo --full")),
+    "serve": (
+        (0, 2),
+        ("batchgen serve manifests/demo.yaml", "batchgen serve --out output/night --port 8000"),
+    ),
     "reconcile": (
         (0, 1, 2, 4),
         ("batchgen reconcile night.yaml", "batchgen reconcile --out output/demo --simulate"),
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_status(commands)
     _add_report(commands)
+    _add_serve(commands)
     _add_reconcile(commands)
     _add_retry(commands)
     _add_verify(commands)
@@ -589,6 +594,10 @@ def _add_run(commands: Any) -> None:
     )
     command.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     command.add_argument(
+        "--serve", action="store_true", help="also serve the gallery, updated live as clips land (batchgen serve)"
+    )
+    _add_serve_flags(command, "--serve-host", "--serve-port")
+    command.add_argument(
         "--progress-every-s",
         type=float,
         default=60.0,
@@ -714,8 +723,25 @@ async def _run_async(
         )
         async with running_simulator(sim_settings, journal=run_dir.root / SIMULATOR_JOURNAL) as simulator:
             sim_target = Target(simulator.base_url, DEFAULT_KEY, simulator.base_url, simulator.base_url)
-            return await _drive(manifest, store, run_dir, settings, sim_target, progress)
-    return await _drive(manifest, store, run_dir, settings, target, progress)
+            return await _served(manifest, store, run_dir, settings, sim_target, progress, args)
+    return await _served(manifest, store, run_dir, settings, target, progress, args)
+
+
+async def _served(
+    manifest: Manifest,
+    store: Any,
+    run_dir: Any,
+    settings: RunSettings,
+    target: Target,
+    progress: Progress,
+    args: argparse.Namespace,
+) -> RunResult:
+    """The run, with its live gallery served beside it when ``--serve`` asks."""
+    if not args.serve:
+        return await _drive(manifest, store, run_dir, settings, target, progress)
+    async with _gallery_server(run_dir.root, args.serve_host, args.serve_port) as url:
+        say("info", f"the gallery, live: {url}")
+        return await _drive(manifest, store, run_dir, settings, target, progress)
 
 
 async def _drive(
@@ -1072,6 +1098,9 @@ def _verify_text(root: Path, data: dict[str, Any]) -> str:
 def _add_report(commands: Any) -> None:
     command = _add_command(commands, "report", "write summary.json and the index.html gallery of a run", _report)
     _add_target(command)
+    command.add_argument(
+        "--full", action="store_true", help="make everything again (default: only what changed since the last report)"
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -1081,9 +1110,78 @@ def _report(args: argparse.Namespace) -> int:
     root = _root_of(args)
     with open_state(root, write=True) as (run_dir, store):
         run_dir.prepare()
-        summary = write_report(store, run_dir)
-    print(f"{root / 'index.html'}: {len(summary['jobs'])} jobs; summary in {root / 'summary.json'}")
+        summary = write_report(store, run_dir, full=args.full)
+    print(f"{root / 'index.html'}: {summary['total']} jobs; summary in {root / 'summary.json'}")
     return int(ExitCode.OK)
+
+
+def _add_serve(commands: Any) -> None:
+    command = _add_command(
+        commands,
+        "serve",
+        "serve a run's gallery over http, updated live as clips land (read-only; Ctrl-C stops it)",
+        _serve_gallery,
+    )
+    _add_target(command)
+    _add_serve_flags(command, "--host", "--port")
+
+
+def _add_serve_flags(command: argparse.ArgumentParser, host: str, port: str) -> None:
+    command.add_argument(
+        host, default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    command.add_argument(port, type=int, default=8765, metavar="PORT", help="port (default 8765; 0: any free port)")
+
+
+def _serve_gallery(args: argparse.Namespace) -> int:
+    import asyncio
+
+    root = _root_of(args)
+    if not root.is_dir():
+        raise UsageError(f"no run directory {root}: run the batch first (or name it with --out)")
+    asyncio.run(_serving(root, args.host, args.port))
+    return int(ExitCode.OK)
+
+
+async def _serving(root: Path, host: str, port: int) -> None:
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with _gallery_server(root, host, port) as url:
+        print(f"serving the gallery of {root} at {url} (Ctrl-C stops it)", flush=True)
+        await stop.wait()
+
+
+@asynccontextmanager
+async def _gallery_server(root: Path, host: str, port: int) -> AsyncIterator[str]:
+    """The live gallery of ``root`` served for the block; its URL. A port in use is a usage error."""
+    from batchgen.serve import GalleryServer
+
+    server = GalleryServer(root)
+    try:
+        url = await server.start(host, port)
+    except OSError as exc:
+        await server.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): pass another --port") from None
+    if not _is_loopback_host(host):
+        say("warning", f"the gallery is served to the network on {host}: anyone who reaches it sees the prompts")
+    try:
+        yield url
+    finally:
+        await server.close()
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _add_retry(commands: Any) -> None:

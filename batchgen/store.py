@@ -522,13 +522,38 @@ class Store:
             )
         return [_job(row) for row in rows]
 
-    def costs(self) -> dict[str, tuple[int, int]]:
-        """Per job: (µUSD settled or possibly billed, number of attempts)."""
-        rows = self.db.execute(
-            "SELECT job_id, SUM(CASE WHEN money IN ('settled', 'ambiguous') THEN settled_micros ELSE 0 END), COUNT(*) "
-            "FROM attempts GROUP BY job_id"
-        )
+    def costs(self, job_ids: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+        """Per job (of ``job_ids``, else every one): (µUSD settled or possibly billed, number of attempts)."""
+        money = "SUM(CASE WHEN money IN ('settled', 'ambiguous') THEN settled_micros ELSE 0 END)"
+        if job_ids is None:
+            rows = list(self.db.execute(f"SELECT job_id, {money}, COUNT(*) FROM attempts GROUP BY job_id"))
+        else:
+            rows = []
+            for chunk in _chunks(list(job_ids)):
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT job_id, {money}, COUNT(*) FROM attempts WHERE job_id IN ({marks}) GROUP BY job_id"
+                rows.extend(self.db.execute(query, chunk))
         return {row[0]: (int(row[1] or 0), int(row[2])) for row in rows}
+
+    def finished_since(self, since: float) -> int:
+        """How many jobs finished (done, failed or lost) since ``since`` (epoch)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'failed', 'lost') AND finished_at >= ?", (since,)
+        ).fetchone()
+        return int(row[0])
+
+    def job_stamps(self) -> list[tuple[str, float]]:
+        """Every job's id and when it last changed, in the order ``jobs()`` gives them (cheap: no payloads)."""
+        rows = self.db.execute("SELECT id, updated_at FROM jobs ORDER BY in_manifest DESC, idx")
+        return [(row[0], float(row[1])) for row in rows]
+
+    def jobs_by_id(self, job_ids: Sequence[str]) -> list[JobRow]:
+        """The jobs of ``job_ids`` (those that exist), in no particular order."""
+        found: list[JobRow] = []
+        for chunk in _chunks(list(job_ids)):
+            marks = ",".join("?" * len(chunk))
+            found.extend(_job(row) for row in self.db.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk))
+        return found
 
     def flagged(self) -> tuple[list[str], list[tuple[str, str]]]:
         """Ids of the jobs possibly billed twice, and (id, state) of the jobs no longer in the manifest."""
@@ -994,6 +1019,12 @@ def _end_attempt(
     db.execute("UPDATE money SET reserved_micros = reserved_micros - ?", (reserved,))
     if column:
         db.execute(f"UPDATE money SET {column} = {column} + ?", (kept,))
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """``items`` in lists of at most ``size`` (SQLite limits the parameters of one statement)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _job(row: sqlite3.Row) -> JobRow:
