@@ -249,13 +249,28 @@ def _plan(args: argparse.Namespace) -> int:
     manifest, jobs = _load(args.manifest, args.max_jobs)
     plan = _plan_of(manifest, jobs, args.budget)
     if args.json:
-        print(json.dumps(_plan_json(manifest, plan), indent=2))
+        print(json.dumps(_plan_json(manifest, plan, _images_sent(manifest, jobs)), indent=2))
     else:
-        print(_plan_table(manifest, plan))
+        print(_plan_table(manifest, plan, _images_sent(manifest, jobs)))
     return int(ExitCode.OK)
 
 
-def _plan_json(manifest: Manifest, plan: Plan) -> dict[str, Any]:
+def _images_sent(manifest: Manifest, jobs: list[Job]) -> dict[str, str]:
+    """Per job that sends a first-frame image: the image's file name, or its URL's."""
+    from batchgen.images import ref_sha
+
+    names = {sha: Path(image.path).name for sha, image in manifest.local_images().items()}
+    sent = {}
+    for job in jobs:
+        field = load_model(job.model).clip.image
+        value = job.payload.get(field) if field else None
+        if isinstance(value, str):
+            sha = ref_sha(value)
+            sent[job.id] = names.get(sha, "a local image") if sha else value.rsplit("/", 1)[-1]
+    return sent
+
+
+def _plan_json(manifest: Manifest, plan: Plan, images: dict[str, str]) -> dict[str, Any]:
     return {
         "manifest": manifest.file,
         "name": manifest.name,
@@ -267,6 +282,7 @@ def _plan_json(manifest: Manifest, plan: Plan) -> dict[str, Any]:
             {
                 "id": row.job_id,
                 "model": row.model,
+                "image": images.get(row.job_id),
                 "duration_s": row.spec.seconds,
                 "aspect_ratio": row.spec.aspect_ratio,
                 "audio": row.spec.audio,
@@ -286,14 +302,17 @@ def _plan_json(manifest: Manifest, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _plan_table(manifest: Manifest, plan: Plan) -> str:
+def _plan_table(manifest: Manifest, plan: Plan, images: dict[str, str]) -> str:
     width = max([len("job"), *(len(row.job_id) for row in plan.rows)])
-    lines = [f"{'job':<{width}}  {'secs':>4}  {'aspect':<6}  {'audio':<5}  {'estimate':>9}"]
+    shown = max([len("image"), *(len(name) for name in images.values())]) if images else 0
+    image_head = f"  {'image':<{shown}}" if images else ""
+    lines = [f"{'job':<{width}}  {'secs':>4}  {'aspect':<6}  {'audio':<5}{image_head}  {'estimate':>9}"]
     for row in plan.rows:
         sound = "voice" if row.spec.voice else "yes" if row.spec.audio else "no"
         mark = "" if row.fits_budget else "  over budget"
+        image = f"  {images.get(row.job_id, '-'):<{shown}}" if images else ""
         lines.append(
-            f"{row.job_id:<{width}}  {row.spec.seconds:>4}  {row.spec.aspect_ratio:<6}  {sound:<5}  "
+            f"{row.job_id:<{width}}  {row.spec.seconds:>4}  {row.spec.aspect_ratio or 'image':<6}  {sound:<5}{image}  "
             f"{format_usd(row.estimate_micros):>9}{mark}"
         )
     lines.append("")
@@ -979,6 +998,18 @@ async def _provider_of(args: argparse.Namespace, manifest: Manifest, root: Path)
         yield Target(simulator.base_url, DEFAULT_KEY, simulator.base_url, simulator.base_url)
 
 
+def _run_manifest(args: argparse.Namespace, store: Any) -> Manifest:
+    """The manifest of an existing run, for where its provider is: as the state keeps it (checked when the run
+    began; its images may have moved since, which a comparison of books does not care about), else the file."""
+    from batchgen.manifest import manifest_from_data
+
+    data = store.get_meta("manifest_data")
+    file = store.get_meta("manifest")
+    if isinstance(data, dict) and (args.manifest is None or os.path.abspath(args.manifest) == file):
+        return manifest_from_data(str(file), data)
+    return load_manifest(args.manifest or file, max_jobs=sys.maxsize)
+
+
 def _add_reconcile(commands: Any) -> None:
     command = _add_command(
         commands,
@@ -1000,7 +1031,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     root = _root_of(args)
     with open_state(root) as (run_dir, store):
-        manifest = load_manifest(args.manifest or store.get_meta("manifest"), max_jobs=sys.maxsize)
+        manifest = _run_manifest(args, store)
 
         async def compare() -> dict[str, Any]:
             async with _provider_of(args, manifest, root) as target:
@@ -1060,7 +1091,7 @@ def _repair(args: argparse.Namespace, root: Path, run_dir: Any, store: Any, bad:
 
     from batchgen.runner import RunSettings
 
-    manifest = load_manifest(args.manifest or store.get_meta("manifest"), max_jobs=sys.maxsize)
+    manifest = _run_manifest(args, store)
     settings = RunSettings(submit=False, check_credits=False, backoff_base_s=0.5 if args.simulate else 2.0)
     progress = Progress(len(bad), None, enabled=False)
 

@@ -140,6 +140,11 @@ class Client:
         """The API's host, for messages."""
         return URL(self.base_url).host or self.base_url
 
+    @property
+    def upload_host(self) -> str:
+        """The storage's host, for messages."""
+        return (URL(self.upload_url).host or self.upload_url) if self.upload_url else "(none set)"
+
     def redact(self, text: str) -> str:
         """``text`` without the key."""
         if len(self._key) < SHORTEST_REDACTED_KEY:
@@ -153,11 +158,11 @@ class Client:
             return body
         return body.replace(self._key.encode(), REDACTED.encode())
 
-    def _keyless(self, url: str | None) -> str | None:
-        """A video URL the provider named, refused when it carries the key: it would be stored, and sent to the host
-        it names (the key goes only to the hosts the user named)."""
+    def _keyless(self, url: str | None, what: str = "video URL") -> str | None:
+        """A URL the provider named (of a video, of an uploaded file), refused when it carries the key: it would be
+        stored, and sent to the host it names (the key goes only to the hosts the user named)."""
         if _carries_key(url):
-            raise _protocol("the provider named a video URL that carries the API key: it is not used")
+            raise _protocol(f"the provider named a {what} that carries the API key: it is not used")
         return url
 
     def _row(self, row: HistoryRow) -> HistoryRow:
@@ -320,11 +325,11 @@ class Client:
             data = await _json_of(response, "upload", scrub=self.scrub)
         urls = data.get("file_urls")
         stored = urls[0] if isinstance(urls, list) and len(urls) == 1 else None
-        if not isinstance(stored, str) or URL(stored).scheme not in ("http", "https") or not URL(stored).host:
+        if not isinstance(stored, str) or not _web_url(stored):
             raise AnswerError(
                 Decision("retry", "no", f"the upload answer names no file URL: {_show(data)}", 200, cause="unreadable")
             )
-        return str(self._keyless(stored))
+        return str(self._keyless(stored, "file URL"))
 
     @_redacting
     async def history_since(self, since: float, model: str) -> list[HistoryRow]:
@@ -522,6 +527,15 @@ class _Pace:
                     f"{self.floor_bps:,.0f} bytes a second"
                 )
             self.window_start, self.window_bytes = now, 0
+
+
+def _web_url(text: str) -> bool:
+    """Whether ``text`` is an http(s) URL with a host, and no credentials in it (a URL yarl cannot read is not)."""
+    try:
+        url = URL(text)
+        return url.scheme in ("http", "https") and bool(url.host) and not url.user and not url.password
+    except ValueError:
+        return False
 
 
 def _carries_key(url: str | None) -> bool:

@@ -62,9 +62,17 @@ def gallery_row(entry: Mapping[str, Any]) -> dict[str, Any]:
         "poster": entry["poster"],
         "input": entry.get("input_image"),
         "reason": entry["reason"],
-        "warn": list(entry["warnings"]) + (["possibly billed twice"] if entry["possibly_billed_twice"] else []),
+        "warn": [
+            *entry["warnings"],
+            *(["possibly billed twice"] if entry["possibly_billed_twice"] else []),
+            *([] if entry["in_manifest"] else ["no longer in the manifest (an earlier version of it)"]),
+        ],
         "twice": bool(entry["possibly_billed_twice"]),
-        "group": json.dumps([{k: v for k, v in entry["variables"].items() if k != "model"}, entry["take"]]),
+        # A comparison's row: one combination of the shot's other variables and take (a job of an earlier manifest
+        # has a row of its own: it never hides the current one)
+        "group": json.dumps(
+            [{k: v for k, v in entry["variables"].items() if k != "model"}, entry["take"], entry["in_manifest"]]
+        ),
     }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ class LocalImage:
     path: str
     size: int
     mime: str
+    width: int = 0
+    height: int = 0
 
     @property
     def ref(self) -> str:
@@ -58,24 +62,43 @@ def sniff(head: bytes) -> str | None:
 
 
 def read_image(path: Path, max_bytes: int) -> tuple[LocalImage, bytes]:
-    """Read and check the image at ``path``: :class:`ImageProblem` when it is missing, not an image, or too big."""
+    """Read and check the image at ``path``: :class:`ImageProblem` when it is missing, not a plain file, not an
+    image (by its first bytes, and decoded: a picture with a width and a height), or bigger than ``max_bytes``."""
     try:
-        size = path.stat().st_size
-        if max_bytes and size > max_bytes:
-            raise ImageProblem(
-                f"{path} is {_mb(size)}, more than the model's limit of {_mb(max_bytes)}: make it smaller"
-            )
-        data = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageProblem(f"{path} is a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageProblem(f"{path} is not a plain file (a device, a pipe…): give an image file")
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1) if max_bytes else file.read()
     except FileNotFoundError:
         raise ImageProblem(f"there is no file {path}: give a path relative to the manifest, or an https URL") from None
-    except IsADirectoryError:
-        raise ImageProblem(f"{path} is a directory, not an image file") from None
     except OSError as exc:
         raise ImageProblem(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if max_bytes and len(data) > max_bytes:
+        raise ImageProblem(f"{path} is more than {_mb(max_bytes)}: make it smaller")
     mime = sniff(data[:16])
     if mime is None:
         raise ImageProblem(f"{path} is not a PNG, JPEG or WebP image (by its first bytes): convert it to one")
-    return LocalImage(hashlib.sha256(data).hexdigest(), str(path), len(data), mime), data
+    size = picture_size(data)
+    if size is None:
+        raise ImageProblem(f"{path} starts as {EXTENSIONS[mime].upper()} but holds no picture that can be read")
+    return LocalImage(hashlib.sha256(data).hexdigest(), str(path), len(data), mime, *size), data
+
+
+def picture_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height of an image file's first picture (decoded with PyAV), ``None`` when it has none."""
+    import av  # here: validating a manifest without local images never loads PyAV (see test_cli_plan)
+
+    try:
+        with av.open(io.BytesIO(data), "r") as container:
+            frame = next(container.decode(video=0), None)
+    except (av.FFmpegError, ValueError, IndexError):
+        return None
+    if frame is None or frame.width <= 0 or frame.height <= 0:
+        return None
+    return frame.width, frame.height
 
 
 def _mb(size: int) -> str:

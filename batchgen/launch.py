@@ -79,9 +79,9 @@ def resolve_target(
     if history_url == "off":
         history_url = None
     else:
-        check_base_url(str(history_url), allow_insecure_http)
+        check_base_url(str(history_url), allow_insecure_http, "the request history's URL (--history-url)")
     upload_url = upload_url_flag or environ.get(UPLOAD_URL_ENV) or DEFAULT_UPLOAD_URL
-    check_base_url(upload_url, allow_insecure_http)
+    check_base_url(upload_url, allow_insecure_http, "the storage's URL (--upload-url)")
     key = environ.get(key_env, "").strip()
     if not key:
         raise UsageError(
@@ -91,20 +91,20 @@ def resolve_target(
     return Target(base_url, key, history_url, upload_url)
 
 
-def check_base_url(base_url: str, allow_insecure_http: bool) -> None:
+def check_base_url(base_url: str, allow_insecure_http: bool, what: str = "the base URL") -> None:
     """Refuse anything but https, except plain http to loopback or with ``--allow-insecure-http``."""
     try:
         url = URL(base_url)
         host = url.host  # yarl checks some parts (the port) only when they are read
     except ValueError as exc:
         raise UsageError(
-            f"the base URL {base_url!r} is not a valid URL ({exc}); write one such as {DEFAULT_BASE_URL}"
+            f"{what} {base_url!r} is not a valid URL ({exc}); write one such as {DEFAULT_BASE_URL}"
         ) from None
     if url.scheme not in ("http", "https") or not host:
-        raise UsageError(f"the base URL {base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
+        raise UsageError(f"{what} {base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
     if url.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
         raise UsageError(
-            f"the base URL {base_url} is plain http to another machine: the key would travel in clear text; "
+            f"{what} {base_url} is plain http to another machine: the key would travel in clear text; "
             "use https, or pass --allow-insecure-http if you really mean it"
         )
 
@@ -247,10 +247,9 @@ def open_run(
                 store.sync_jobs(jobs, estimates, classes, now)
                 images = list(manifest.local_images().values())
                 store.sync_images([ImageRow(i.sha256, i.path, i.mime, i.size) for i in images])
+                store.set_meta(manifest_data=manifest.data, manifest_images=image_stamps(images))
                 if digest is not None:
-                    store.set_meta(
-                        manifest_digest=digest, manifest_data=manifest.data, manifest_images=image_stamps(images)
-                    )
+                    store.set_meta(manifest_digest=digest)
             store.set_meta(
                 name=manifest.name,
                 manifest=os.path.abspath(manifest.file),

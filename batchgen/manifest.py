@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from yarl import URL
+
 from batchgen.errors import ManifestError, Problem
 from batchgen.images import (
     MAX_IMAGE_BYTES,
@@ -208,6 +210,9 @@ def _unknown_models(doc: Document, manifest: Manifest, shot: Shot) -> list[Probl
     problems = []
     if shot.model is not None and shot.model not in known_models():
         problems.append(doc.problem(("shots", shot.index, MODEL_AXIS), _unknown_model_message(shot.model)))
+    if shot.model is not None and any(name == MODEL_AXIS for name, _ in shot.matrix):
+        message = "the shot names its models in its matrix too: keep `model:` or `matrix: {model: [...]}`, not both"
+        problems.append(doc.problem(("shots", shot.index, MODEL_AXIS), message, key=True))
     for name, values in shot.matrix:
         for index, value in enumerate(values if name == MODEL_AXIS else ()):
             if str(value) not in known_models():
@@ -250,6 +255,8 @@ def _normalised(fields: Mapping[str, Any], model: Model) -> dict[str, Any]:
 def _as_api_value(value: Any, schema: Mapping[str, Any]) -> Any:
     if schema.get("x-int-as-string") and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if schema.get("type") == "integer" and isinstance(value, str) and value.isdigit():
+        return int(value)  # "4" written for a model that takes 4 (Kling takes "4": a comparison writes either)
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [_as_api_value(item, schema["items"]) for item in value]
     if isinstance(value, dict) and isinstance(schema.get("properties"), dict):
@@ -342,7 +349,7 @@ def _merge(
     for (name, values), choice in zip(shot.matrix, choices, strict=True):
         value = values[choice]
         if name == MODEL_AXIS:
-            slug = str(value)
+            slug = variables[MODEL_AXIS] = str(value)  # {model} in a prompt is the model's slug
         elif name in field_names():
             fields[name], origin[name] = value, ("shots", shot.index, "matrix", name, choice)
         else:
@@ -372,7 +379,7 @@ def _with_images(
     schema = model.request_schema
     for slot, value in image_slots(fields, schema):
         try:
-            _image(manifest, value, slot_limit(schema, slot))
+            _image(manifest, value, slot_limit(schema, slot), model.slug)
         except ImageProblem as exc:
             problems.append((slot, str(exc)))
     if problems:
@@ -381,13 +388,22 @@ def _with_images(
     return changed, problems
 
 
-def _image(manifest: Manifest, value: str, max_bytes: int) -> str:
+def _https_url(value: str) -> bool:
+    """Whether ``value`` is an https URL with a host and nothing odd in it."""
+    try:
+        url = URL(value)
+    except ValueError:
+        return False
+    return url.scheme.lower() == "https" and bool(url.host) and not any(c.isspace() for c in value)
+
+
+def _image(manifest: Manifest, value: str, max_bytes: int, model_slug: str = "") -> str:
     """An image field's value as a request sends it: an https URL as it is, a local file as its reference (read and
     checked once per file); :class:`ImageProblem` when it cannot be sent."""
-    if value.startswith("https://"):
-        return value
-    if "://" in value or value.startswith("data:"):
-        raise ImageProblem(f'"{value[:60]}" is neither an https URL nor a local file: write one of those')
+    if "://" in value or value.lower().startswith("data:"):
+        if _https_url(value):
+            return value
+        raise ImageProblem(f'"{value[:60]}" is neither an https URL (with a host) nor a local file: write one of those')
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path(manifest.file).resolve().parent / path
@@ -403,7 +419,7 @@ def _image(manifest: Manifest, value: str, max_bytes: int) -> str:
     if max_bytes and image.size > max_bytes:
         raise ImageProblem(
             f"{path} is {image.size / 1_048_576:.1f} MB, more than the model's limit of "
-            f"{max_bytes / 1_048_576:.1f} MB: make it smaller"
+            f"{max_bytes / 1_048_576:.1f} MB ({model_slug}): make it smaller"
         )
     return image.ref
 
@@ -461,14 +477,17 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
         ):
             continue  # an unknown model: said once, by `_unknown_models`
         fields, origin, model = _merge(manifest, shot, choices)
-        key = json.dumps([model.slug, fields], sort_keys=True)
+        found, images = _request_problems(doc, manifest, shot, model, fields, origin)
+        problems.extend([*(_naming(found, model) if several else found), *images])
+        if found or images:
+            continue
+        # Compared as sent: one image under two paths (a copy, a link) is one request, bought twice.
+        key = json.dumps([model.slug, _with_images(manifest, model, fields)[0]], sort_keys=True)
         if key in seen:
-            message = "two matrix combinations give the same request; remove the repeated value"
+            message = "two matrix combinations give the same request (the same image counts once); remove one"
             problems.append(doc.problem(("shots", shot.index, "matrix"), message))
             continue
         seen.add(key)
-        found = _request_problems(doc, manifest, shot, model, fields, origin)
-        problems.extend(_naming(found, model) if several else found)
     return problems
 
 
@@ -503,6 +522,7 @@ def _broken_shot_problems(doc: Document, manifest: Manifest, shot: Shot, structu
 def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Problem]:
     problems: list[Problem] = []
     variables = [name for name, _ in shot.matrix if name not in field_names() and name != MODEL_AXIS]
+    axis = [name for name, _ in shot.matrix if name == MODEL_AXIS]  # may be written as {model}, need not be
     fields, origin, _ = _merge(manifest, shot, (0,) * len(shot.matrix), render=False)
     used: set[str] = set()
     for path, text in _templates(fields, origin):
@@ -511,7 +531,7 @@ def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Pr
             if name is None:
                 continue
             used.add(name)
-            if name not in variables:
+            if name not in variables and name not in axis:
                 message = f'{{{name}}} is not defined: add `{name}: [...]` to the matrix of shot "{shot.id}"'
                 problems.append(doc.problem(path, message))
     for name in variables:
@@ -530,7 +550,10 @@ def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Pr
 
 def _request_problems(
     doc: Document, manifest: Manifest, shot: Shot, model: Model, fields: dict[str, Any], origin: dict[str, Path_]
-) -> list[Problem]:
+) -> tuple[list[Problem], list[Problem]]:
+    """The problems of one combination's request against its model; and those of its local images (the same for
+    every model, so said once)."""
+
     def place(path: Path_) -> Path_:
         base = origin.get(str(path[0]), ("shots", shot.index)) if path else ("shots", shot.index)
         return (*base, *path[1:])
@@ -540,21 +563,25 @@ def _request_problems(
 
     problems = []
     for name in [name for name in fields if name not in model.request_fields]:
-        hint = did_you_mean(name, list(model.request_fields))
-        message = f'"{name}" is not a field of {model.slug}{hint}: remove it, or give this shot a model that takes it'
+        if name == IMAGE_ALIAS and model.clip.image:
+            message = f'"image" is {model.clip.image} for {model.slug}, which is given too: give the image once'
+        else:
+            hint = did_you_mean(name, list(model.request_fields))
+            message = (
+                f'"{name}" is not a field of {model.slug}{hint}: remove it, or give this shot a model that takes it'
+            )
         problems.append(doc.problem(origin[name], message, key=True))
     known = {name: value for name, value in fields.items() if name in model.request_fields}
     problems.extend(schema_problems(_request_validator(model.slug), known, locate))
     _, bad_images = _with_images(manifest, model, known)
     images = [doc.problem(place(slot), message) for slot, message in bad_images]
     if problems:
-        return [*problems, *images]
+        return problems, images
     return [
-        *images,
         *_segment_problems(doc, model, known, origin),
         *_voice_problems(doc, known, origin),
         *_element_problems(doc, model, known, origin),
-    ]
+    ], images
 
 
 def _segment_problems(

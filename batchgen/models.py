@@ -71,7 +71,7 @@ class ClipFields:
     makes (a model with no duration field makes clips of one length)."""
 
     seconds: str | int
-    aspect: str
+    aspect: str  # a field, a fixed "W:H", or "image": the clip takes its first-frame image's ratio
     audio: str | bool
     voice: str | None = None
     image: str | None = None  # the field of the first-frame image, when the model takes one

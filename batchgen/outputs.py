@@ -368,14 +368,22 @@ def compare(probe: dict[str, Any], spec: ClipSpec) -> list[str]:
     warnings = []
     if abs(probe["duration_s"] - spec.seconds) > DURATION_TOLERANCE_S:
         warnings.append(f"duration mismatch: asked {spec.seconds} s, got {probe['duration_s']} s")
-    width, height = spec.aspect_ratio.split(":")
-    wanted = int(width) / int(height)
+    wanted = _ratio(spec.aspect_ratio)
     got = probe["width"] / probe["height"] if probe["height"] else 0
-    if abs(got - wanted) > ASPECT_TOLERANCE * wanted:
+    if wanted is not None and abs(got - wanted) > ASPECT_TOLERANCE * wanted:
         warnings.append(f"aspect mismatch: asked {spec.aspect_ratio}, got {probe['width']}x{probe['height']}")
     if probe["audio"] != spec.audio:
         warnings.append(f"audio mismatch: asked {'audio' if spec.audio else 'silence'}, got the other")
     return warnings
+
+
+def _ratio(aspect_ratio: str) -> float | None:
+    """``"16:9"`` → 1.777…; ``None`` when the request did not say (the clip takes its image's ratio)."""
+    try:
+        width, height = (float(part) for part in aspect_ratio.split(":"))
+        return width / height
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> None:

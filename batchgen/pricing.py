@@ -22,7 +22,7 @@ class ClipSpec:
     """What a request asks for once the provider's defaults are filled in."""
 
     seconds: int
-    aspect_ratio: str
+    aspect_ratio: str  # "": the ratio of the first-frame image, not known from the request
     audio: bool
     voice: bool
 
@@ -37,9 +37,10 @@ def _resolved(payload: Mapping[str, Any], model: Model, where: str | bool | int 
 def clip_spec(payload: Mapping[str, Any], model: Model) -> ClipSpec:
     """The clip a payload asks for, with the model's defaults for what it leaves out."""
     clip = model.clip
+    aspect = "" if clip.aspect == "image" else str(_resolved(payload, model, clip.aspect))
     return ClipSpec(
         seconds=int(_resolved(payload, model, clip.seconds)),
-        aspect_ratio=str(_resolved(payload, model, clip.aspect)),
+        aspect_ratio=aspect,
         audio=bool(_resolved(payload, model, clip.audio)),
         voice=bool(payload.get(clip.voice)) if clip.voice else False,
     )

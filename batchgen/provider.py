@@ -53,6 +53,11 @@ class Provider(Protocol):
         """The provider's host, for messages."""
         ...
 
+    @property
+    def upload_host(self) -> str:
+        """The host of the storage files are uploaded to, for messages."""
+        ...
+
     async def submit(self, model: str, payload: Mapping[str, Any]) -> str:
         """Start a generation: its request id."""
         ...

@@ -263,6 +263,7 @@ class Runner:
         self._last_heard: dict[str, float] = {}  # per watched job, when a poll last got a usable answer
         self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
         self._uploads: dict[str, asyncio.Lock] = {}  # one upload at a time per image content
+        self._upload_failures: dict[str, int] = {}  # per job, its failed uploads in a row
 
     # --- the whole run ------------------------------------------------------------------------------------
 
@@ -508,7 +509,11 @@ class Runner:
                 await self._wait_for_change(self.store.earliest_pending(held=held))
                 continue
             ambiguous = self.store.unresolved_ambiguous(job.id) if self.client.history_url else None
-            if ambiguous is None or await self._resolve_ambiguous(job, ambiguous):
+            if ambiguous is not None and not await self._resolve_ambiguous(job, ambiguous):
+                continue
+            # Images are uploaded before the attempt begins: an upload spends nothing, and a stop or a kill while
+            # it goes on leaves no attempt that might have been billed.
+            if await self._images_ready(job) and not self.stop.submits_closed:
                 await self._submit_one(job)
 
     async def _resolve_ambiguous(self, job: JobRow, attempt: AttemptRow) -> bool:
@@ -720,11 +725,18 @@ class Runner:
         sent: dict[str, Any] = with_urls(job.payload, self.catalogue(job.model).request_schema, self.store.image_url)
         return sent
 
-    async def _sendable(self, job: JobRow) -> dict[str, Any]:
-        """The payload to send: every local image uploaded first, once per content (the URL kept in the state)."""
-        for sha in refs_in(job.payload, self.catalogue(job.model).request_schema):
-            await self._upload(job, sha)
-        return self._sent_payload(job)
+    async def _images_ready(self, job: JobRow) -> bool:
+        """Upload the job's local images the storage does not have yet (each content once); whether the job can be
+        submitted now. A failed upload uses no attempt: the job waits and tries again (up to ``max_attempts``
+        times, then fails, nothing spent), or the run stops when the storage refuses the key."""
+        try:
+            for sha in refs_in(job.payload, self.catalogue(job.model).request_schema):
+                await self._upload(job, sha)
+        except AnswerError as exc:
+            self._upload_failed(job, exc.decision)
+            return False
+        self._upload_failures.pop(job.id, None)
+        return True
 
     async def _upload(self, job: JobRow, sha: str) -> None:
         """Upload the image ``sha`` unless the state has its URL already (its bytes read again and checked)."""
@@ -742,9 +754,29 @@ class Runner:
             self.store.image_uploaded(sha, url, self.clock())
             self._event("info", job.id, f"↑ uploaded {row.path} ({row.size:,} bytes): {url}")
 
+    def _upload_failed(self, job: JobRow, decision: Decision) -> None:
+        now = self.clock()
+        where = f"the storage at {self.client.upload_host}"
+        if decision.action == "stop_run":
+            self._stop("provider", f"{where} refused the upload: {decision.message}")
+            return
+        tries = self._upload_failures[job.id] = self._upload_failures.get(job.id, 0) + 1
+        if decision.action == "fail_job" or tries >= self.settings.max_attempts:
+            times = "" if decision.action == "fail_job" else f" after {tries} tries"
+            reason = f"its image could not be uploaded to {where}{times} (nothing was spent): {decision.message}"
+            self.store.mark_failed_unsent(job.id, reason, now)
+            self._event("failed", job.id, f"! failed: {reason}")
+        else:
+            wait = backoff_s(tries, self.settings.backoff_base_s, 60.0, self.random.random())
+            until = max(now + wait, decision.pause_until or 0.0)
+            self.store.defer(job.id, until, now)
+            self._event("retry", job.id, f"↻ upload to {where} failed, again in {until - now:.1f}s: {decision.message}")
+        self._write_job_log(job.id)
+        self._notify()
+
     async def _post_v2(self, job: JobRow) -> None:
         try:
-            request_id = await self.client.submit(job.model, await self._sendable(job))
+            request_id = await self.client.submit(job.model, self._sent_payload(job))
         except AnswerError as exc:
             self.posting.discard(job.id)
             await self._attempt_failed(job, exc.decision)
@@ -771,7 +803,7 @@ class Runner:
             billed.append(completed)
 
         try:
-            completed = await self.client.generate(job.model, await self._sendable(job), part, on_billed)
+            completed = await self.client.generate(job.model, self._sent_payload(job), part, on_billed)
         except AnswerError as exc:
             part.discard()
             await self._v1_answered(job)

@@ -382,7 +382,9 @@ class Store:
                         json.dumps(job.variables),
                         job.model,
                         canonical_json(job.payload),
-                        content_hash({"model": job.model, "payload": job.payload}),  # as the simulator names it
+                        content_hash(
+                            {"model": job.model, "payload": job.payload}
+                        ),  # the simulator's, without local images
                         estimate,
                         now,
                     )
@@ -929,6 +931,15 @@ class Store:
             db.execute(
                 "UPDATE jobs SET state = 'skipped', reason = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
                 (reason, now, job_id),
+            )
+
+    def mark_failed_unsent(self, job_id: str, reason: str, now: float) -> None:
+        """A job that cannot be sent (its image cannot be uploaded) fails without an attempt: nothing was spent."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (reason, now, now, job_id),
             )
 
     def recover(self, now: float) -> list[str]:

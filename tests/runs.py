@@ -41,6 +41,7 @@ async def run_in_process(
     model: Model | None = None,
     timeouts: Timeouts | None = None,
     base_url: str | None = None,
+    upload_url: str | None = None,
     **settings: object,
 ) -> RunResult:
     """Run a manifest against ``sim`` with a Runner in this loop; zero backoff and fast polls unless given (and
@@ -62,7 +63,11 @@ async def run_in_process(
     run_settings = RunSettings(**options)  # type: ignore[arg-type]
     with open_run(out, manifest, jobs, run_settings.budget_micros) as (run_dir, store):
         client = Client(
-            base_url or sim.base_url, key, history_url=history_url, upload_url=sim.base_url, timeouts=timeouts
+            base_url or sim.base_url,
+            key,
+            history_url=history_url,
+            upload_url=upload_url or sim.base_url,
+            timeouts=timeouts,
         )
         async with client:
 
@@ -125,7 +130,12 @@ async def start_cli(*args: str, env: dict[str, str]) -> asyncio.subprocess.Proce
 async def run_cli_async(*args: str, env: dict[str, str], timeout: float = 60) -> Done:
     """Run the CLI to its end while this loop keeps serving."""
     process = await start_cli(*args, env=env)
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()  # never a run left behind by a test that gave up on it
+        await process.wait()
+        raise
     return Done(process.returncode or 0, out.decode(), err.decode())
 
 
@@ -154,7 +164,8 @@ def assert_all_done(out: Path, count: int) -> None:
             seconds, width, height, audio = probe_file(video)
             spec = clip_spec(job.payload, load_model(job.model))  # with the model's defaults
             assert seconds == float(spec.seconds)
-            assert (width, height) == size_of(spec.aspect_ratio)
+            if spec.aspect_ratio:  # else the clip takes its image's ratio
+                assert (width, height) == size_of(spec.aspect_ratio)
             assert audio == spec.audio
             assert job.sha256 == hashlib.sha256(video.read_bytes()).hexdigest()
             assert job.probe and job.probe["width"] == width

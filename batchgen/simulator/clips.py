@@ -20,6 +20,8 @@ from functools import lru_cache
 
 import av
 
+from batchgen.images import picture_size
+
 FPS = 4
 AUDIO_RATE = 8000
 SIZES = {"16:9": (320, 180), "9:16": (180, 320), "1:1": (240, 240)}
@@ -61,6 +63,9 @@ def make_clip(
     with silent AAC audio when ``audio``; starting on ``image`` (a PNG, JPEG or WebP file's bytes) when one is given
     and can be decoded. At a real resolution the picture is a textured landscape drifting sideways, so that its
     stills weigh what a real clip's do (a flat card would make every thumbnail a few hundred bytes)."""
+    if not aspect_ratio and image:  # the clip takes its image's ratio
+        picture = picture_size(image)
+        aspect_ratio = f"{picture[0]}:{picture[1]}" if picture else ""
     width, height = size_of(aspect_ratio, resolution)
     if resolution and image is None:
         return _textured_clip(seconds, width, height, audio, palette % REAL_PALETTES)

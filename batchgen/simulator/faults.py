@@ -4,7 +4,8 @@ A fault is decided per route and per request number (``submit`` #3, ``download``
 by ``(seed, route, number)``: the same seed gives the same faults in the same order, whatever the interleaving of
 concurrent requests. A script ("the 3rd submit answers 503, the 5th download breaks at 40 %") takes precedence.
 
-Routes: ``submit`` (v1 and v2 POST), ``status`` and ``result`` (v2 GETs), ``download`` (the video), ``credits``.
+Routes: ``submit`` (v1 and v2 POST), ``status`` and ``result`` (v2 GETs), ``download`` (the video), ``credits``,
+``upload`` (the storage's POST).
 
 Two kinds are *opt-in* (``OPT_IN``): ``stall_download`` (a download that sends one byte per ``stall_gap_s``) and
 ``junk_status`` (a status or result GET answered 200 with an HTML page). A ``total_rate`` alone never draws them, so a
@@ -62,6 +63,12 @@ ROUTE_FAULTS: dict[str, dict[str, Fault]] = {
         "stall_download": Fault("stall"),
     },
     "credits": {},
+    "upload": {
+        "rate_500": Fault("status", 500),
+        "rate_502": Fault("status", 502),
+        "drop_upload": Fault("drop"),
+        "slow_first_byte": Fault("slow"),
+    },
 }
 KINDS = sorted({name for faults in ROUTE_FAULTS.values() for name in faults})
 # Kinds added after seeds were written down: drawn only when ``rates`` names them (see FaultPlan), never by a
@@ -132,7 +139,7 @@ class FaultPlan:
 
 
 _SCRIPT_ITEM = re.compile(
-    r"^(submit|status|result|download|credits):(\d+)=(\d{3}|drop|short|fail|slow|stall|junk)(?:@([0-9.]+))?$"
+    r"^(submit|status|result|download|credits|upload):(\d+)=(\d{3}|drop|short|fail|slow|stall|junk)(?:@([0-9.]+))?$"
 )
 
 

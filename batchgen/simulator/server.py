@@ -668,6 +668,11 @@ class Simulator:
         if refused:
             return refused
         body = await _json_body(request)
+        fault = self.faults.next("upload")
+        if fault is not None and fault.kind == "slow" and not await self._pause(self.settings.slow_first_byte_s):
+            return _drop(request)  # the simulator is closing
+        if fault is not None and fault.kind == "status":
+            return self._fault_answer(fault)
         data_urls = body.get("data_urls") if isinstance(body, dict) else None
         if not isinstance(data_urls, list) or not data_urls or not all(isinstance(u, str) for u in data_urls):
             return _error(400, "data_urls: a list of base64 data URLs is required")
@@ -682,6 +687,8 @@ class Simulator:
             record = {"type": "upload", "key": key, "mime": mime, "data": base64.b64encode(data).decode("ascii")}
             self._log({**record, **vars(upload)})
             names.append(f"{_origin(request)}/assets/{name}")
+        if fault is not None and fault.kind == "drop":
+            return _drop(request)  # kept, and the answer lost: the client cannot tell, and uploads again
         return web.json_response({"file_urls": names, "message": "Files uploaded successfully"})
 
     def _store_asset(self, data: bytes, mime: str) -> str:
