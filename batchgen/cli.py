@@ -765,9 +765,9 @@ class Progress:
 
     def event(self, event: Event) -> None:
         """Warnings and failures are said whatever the progress display (``--no-progress`` hides only that)."""
-        if event.kind in ("warning", "stop", "failed", "lost"):
+        if event.kind in ("warning", "budget", "stop", "failed", "lost"):
             text = event.message.removeprefix("! ")
-            quiet = event.kind == "warning" or text.startswith(("interrupted", "stopped submitting"))
+            quiet = event.kind in ("warning", "budget") or text.startswith(("interrupted", "stopped submitting"))
             self._say("warning" if quiet else "error", f"{event.job_id}: {text}" if event.job_id else text)
             self.stop_said = self.stop_said or event.kind == "stop"
         if not self.enabled or self.runner is None:
