@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from batchgen.launch import Target
+    from batchgen.notify import RunNotices
     from batchgen.runner import Event, Runner, RunResult, RunSettings
     from batchgen.simulator.server import SimSettings
 
@@ -64,6 +66,7 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
             "batchgen run manifests/demo.yaml --simulate",
             "SEGMIND_API_KEY=… batchgen run night.yaml --budget 25",
             "batchgen run night.yaml --budget 25 --deadline 07:00 --concurrency 8",
+            "batchgen run night.yaml --budget 25 --notify https://hooks.slack.com/services/T0/B0/XXXX",
         ),
     ),
     "status": ((0, 2), ("batchgen status manifests/demo.yaml", "batchgen status --out output/demo --json")),
@@ -629,6 +632,20 @@ def _add_run(commands: Any) -> None:
         metavar="S",
         help="stop the run (exit 4) when the API's host has not been reached for S seconds (default 120)",
     )
+    command.add_argument(
+        "--notify",
+        action="append",
+        metavar="URL",
+        help="POST a JSON event to URL (a Slack, Discord or Mattermost webhook, an ntfy topic, any http(s) URL) when "
+        "the run ends or stops, at 80 %% of the budget and when a job is possibly billed twice; repeatable, added to "
+        "the manifest's notify:",
+    )
+    command.add_argument(
+        "--notify-prompts",
+        action="store_true",
+        help="let the event of a job possibly billed twice carry its prompt (otherwise no prompt text is sent)",
+    )
+    command.add_argument("--no-notify", action="store_true", help="notify nobody, not even the manifest's notify: URLs")
     _add_max_jobs(command)
 
 
@@ -636,12 +653,12 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from batchgen.launch import load_run_manifest, open_run, run_root
-    from batchgen.report import write_report
 
     loaded = load_run_manifest(args.manifest, args.max_jobs, args.out)
     manifest = loaded.manifest
     settings = _run_settings(args, manifest)
     target = None if args.simulate else _target(args, manifest)
+    urls = _notify_urls(args, manifest)
     root = run_root(manifest.name, args.out)
     with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest) as (run_dir, store):
         progress = Progress(
@@ -653,15 +670,31 @@ def _run(args: argparse.Namespace) -> int:
         )
         started = time.time()
         try:
-            result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress))
+            result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress, urls, started))
         finally:
             progress.close()
-        last_run = {"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code}
-        store.set_meta(last_run={**last_run, "stop": result.stop_message})
         twice = len(store.flagged()[0])
-        write_report(store, run_dir)
     _print_result(result, root, stop_said=progress.stop_said, twice=twice)
     return int(result.exit_code)
+
+
+def _record_run(store: Any, run_dir: Any, result: RunResult, started: float) -> None:
+    """The run's end in its state (``last_run``), and its gallery and summary.json."""
+    from batchgen.report import write_report
+
+    last_run = {"started_at": started, "wall_s": time.time() - started, "exit_code": result.exit_code}
+    store.set_meta(last_run={**last_run, "stop": result.stop_message})
+    write_report(store, run_dir)
+
+
+def _notify_urls(args: argparse.Namespace, manifest: Manifest) -> tuple[str, ...]:
+    """The URLs to notify: the manifest's ``notify:`` and every ``--notify`` (none with ``--no-notify``), each
+    checked before anything runs."""
+    from batchgen.notify import check_notify_url
+
+    if args.no_notify:
+        return ()
+    return tuple(check_notify_url(url) for url in dict.fromkeys([*manifest.notify, *(args.notify or [])]))
 
 
 def _target(args: argparse.Namespace, manifest: Manifest) -> Target:
@@ -730,7 +763,68 @@ async def _run_async(
     target: Target | None,
     args: argparse.Namespace,
     progress: Progress,
+    urls: tuple[str, ...],
+    started: float,
 ) -> RunResult:
+    """Run, record the run's end (its gallery), then notify it: the last event waited for a bounded time."""
+    from batchgen.errors import BatchgenError
+    from batchgen.notify import Notifier, NotifySettings, RunNotices
+
+    notify_settings = NotifySettings(prompts=args.notify_prompts)
+    if args.simulate:  # a demo's notifications are tried again as soon as its jobs are
+        notify_settings = dataclasses.replace(notify_settings, backoff_s=0.1)
+    async with Notifier(urls, _notify_problem(run_dir, progress), notify_settings) as notifier:
+        notices = RunNotices(
+            notifier,
+            store,
+            manifest.name,
+            os.path.abspath(manifest.file),
+            str((run_dir.root / "index.html").absolute()),
+            settings.budget_micros,
+            started,
+            prompts=notify_settings.prompts,
+        )
+        try:
+            result = await _run_target(manifest, store, run_dir, settings, target, args, progress, notices)
+        except Exception as exc:
+            code = exc.exit_code if isinstance(exc, BatchgenError) else ExitCode.JOBS_FAILED
+            with contextlib.suppress(Exception):  # the state may be what failed: the error is raised all the same
+                notices.ended(int(code), "error", str(exc))
+            await notifier.finish()
+            raise
+        _record_run(store, run_dir, result, started)
+        notices.ended(int(result.exit_code), result.stop_reason, result.stop_message)
+        await notifier.finish()
+    return result
+
+
+def _notify_problem(run_dir: Any, progress: Progress) -> Callable[[str], None]:
+    """How a notification that failed is said: a line of run.log, and a warning."""
+    from batchgen.outputs import RunLog
+    from batchgen.runner import Event
+
+    def said(message: str) -> None:
+        log = RunLog(run_dir.run_log)
+        try:
+            log.line("-", f"! {message}")
+        finally:
+            log.close()
+        progress.event(Event("warning", None, f"! {message}"))
+
+    return said
+
+
+async def _run_target(
+    manifest: Manifest,
+    store: Any,
+    run_dir: Any,
+    settings: RunSettings,
+    target: Target | None,
+    args: argparse.Namespace,
+    progress: Progress,
+    notices: RunNotices,
+) -> RunResult:
+    """The run against ``target``, or against a simulator of its own (``--simulate``)."""
     if target is None:
         from batchgen.launch import Target
         from batchgen.simulator.server import SimSettings, running_simulator
@@ -742,8 +836,8 @@ async def _run_async(
         )
         async with running_simulator(sim_settings, journal=run_dir.root / SIMULATOR_JOURNAL) as simulator:
             sim_target = Target(simulator.base_url, DEFAULT_KEY, simulator.base_url, simulator.base_url)
-            return await _served(manifest, store, run_dir, settings, sim_target, progress, args)
-    return await _served(manifest, store, run_dir, settings, target, progress, args)
+            return await _served(manifest, store, run_dir, settings, sim_target, progress, args, notices)
+    return await _served(manifest, store, run_dir, settings, target, progress, args, notices)
 
 
 async def _served(
@@ -754,17 +848,24 @@ async def _served(
     target: Target,
     progress: Progress,
     args: argparse.Namespace,
+    notices: RunNotices,
 ) -> RunResult:
     """The run, with its live gallery served beside it when ``--serve`` asks."""
     if not args.serve:
-        return await _drive(manifest, store, run_dir, settings, target, progress)
+        return await _drive(manifest, store, run_dir, settings, target, progress, notices)
     async with _gallery_server(run_dir.root, args.serve_host, args.serve_port) as url:
         say("info", f"the gallery, live: {url}")
-        return await _drive(manifest, store, run_dir, settings, target, progress)
+        return await _drive(manifest, store, run_dir, settings, target, progress, notices)
 
 
 async def _drive(
-    manifest: Manifest, store: Any, run_dir: Any, settings: RunSettings, target: Target, progress: Progress
+    manifest: Manifest,
+    store: Any,
+    run_dir: Any,
+    settings: RunSettings,
+    target: Target,
+    progress: Progress,
+    notices: RunNotices | None = None,
 ) -> RunResult:
     import asyncio
     import signal
@@ -780,7 +881,13 @@ async def _drive(
         upload_url=target.upload_url,
     )
     async with client:
-        runner = Runner(store, run_dir, client, settings, on_event=progress.event)
+
+        def on_event(event: Event) -> None:
+            progress.event(event)
+            if notices is not None:
+                notices.on_event(event.kind, event.job_id)
+
+        runner = Runner(store, run_dir, client, settings, on_event=on_event)
         progress.runner = runner
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -821,9 +928,9 @@ class Progress:
 
     def event(self, event: Event) -> None:
         """Warnings and failures are said whatever the progress display (``--no-progress`` hides only that)."""
-        if event.kind in ("warning", "stop", "failed", "lost"):
+        if event.kind in ("warning", "budget", "stop", "failed", "lost"):
             text = event.message.removeprefix("! ")
-            quiet = event.kind == "warning" or text.startswith(("interrupted", "stopped submitting"))
+            quiet = event.kind in ("warning", "budget") or text.startswith(("interrupted", "stopped submitting"))
             self._say("warning" if quiet else "error", f"{event.job_id}: {text}" if event.job_id else text)
             self.stop_said = self.stop_said or event.kind == "stop"
         if not self.enabled or self.runner is None:

@@ -27,11 +27,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Literal
 
 from batchgen.canonical import canonical_json
 from batchgen.history import HistoryRow
 
 MAX_PAUSE_S = 3600.0
+# Why a run stopped, as its notifications say: the provider's reasons (from a decision), a signal, the money or time.
+StopReason = Literal["interrupted", "auth", "credits", "unreachable", "provider", "budget", "deadline", "error"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,18 @@ def classify(phase: str, status: int | None, headers: Mapping[str, str], body: b
 
 
 _ACTIONS = {400: "fail_job", 401: "stop_run", 403: "stop_run", 406: "stop_submits", 410: "stop_run", 422: "retry"}
+
+
+def stop_reason(decision: Decision) -> StopReason:
+    """Why a decision that stops the run stops it: the host could not be reached, the key was refused (401/403), the
+    account is out of credits (406), or the provider said so otherwise (a model gone: 404, 410)."""
+    if decision.cause == "unreachable":
+        return "unreachable"
+    if decision.status in (401, 403):
+        return "auth"
+    if decision.action == "stop_submits":
+        return "credits"
+    return "provider"
 
 
 def pause_until(headers: Mapping[str, str], now: float, default_s: float = 60.0) -> float:

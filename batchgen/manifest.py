@@ -106,6 +106,8 @@ class Manifest:
     max_attempts: int | None = None
     base_url: str | None = None
     transport: str | None = None
+    notify: tuple[str, ...] = ()
+    """URLs to notify of the run's end, stops and alarms (``notify.py``)."""
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The document it was built from (kept by a run's state: see ``manifest_from_data``)."""
     images: dict[str, LocalImage | ImageProblem] = field(default_factory=dict, compare=False, repr=False)
@@ -297,6 +299,7 @@ def _build(doc: Document, model: Model) -> Manifest:
         max_attempts=None if data.get("max_attempts") is None else int(_number(data["max_attempts"], 5)),
         base_url=api.get("base_url"),
         transport=api.get("transport"),
+        notify=tuple(url for url in data.get("notify") or [] if isinstance(url, str)),
         data=data,
     )
 

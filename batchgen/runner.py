@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
-from batchgen.decisions import Decision, attempt_outcome, match_history
+from batchgen.decisions import Decision, StopReason, attempt_outcome, match_history, stop_reason
 from batchgen.errors import BatchgenError, ExitCode, ProtocolError, StateError
 from batchgen.history import HistoryRow
 from batchgen.images import ImageProblem, data_url, refs_in, with_urls
@@ -92,12 +92,30 @@ class RunSettings:
     seed: int | None = None
 
 
+# What an event is about; ``budget`` is the warning at 80 % of the budget, ``billed_twice`` a job submitted again
+# while an earlier attempt of it may have been billed (both are notified: ``notify.py``).
+EventKind = Literal[
+    "submit",
+    "submitted",
+    "done",
+    "retry",
+    "failed",
+    "skipped",
+    "lost",
+    "ambiguous",
+    "info",
+    "warning",
+    "budget",
+    "billed_twice",
+    "stop",
+]
+
+
 @dataclass(frozen=True)
 class Event:
-    """One thing that happened, for progress displays (``kind``: submit, done, retry, failed, skipped, lost,
-    ambiguous, warning, stop)."""
+    """One thing that happened, for progress displays and notifications."""
 
-    kind: str
+    kind: EventKind
     job_id: str | None
     message: str
 
@@ -110,6 +128,7 @@ class RunResult:
     counts: dict[str, int]
     money: Money
     stop_message: str | None = None
+    stop_reason: StopReason | None = None  # why it stopped with jobs left (exit 3, 4, 130)
 
 
 async def _in_thread(function: Callable[..., T], *args: Any) -> T:
@@ -153,6 +172,7 @@ def backoff_s(attempt: int, base_s: float, cap_s: float, draw: float) -> float:
 class _Stop:
     kind: str | None = None  # interrupt, provider, credits, error
     message: str | None = None
+    reason: StopReason | None = None  # finer than kind: auth, unreachable... (or the deadline, which is no stop)
     submits_closed: bool = False
     hard: bool = False
 
@@ -244,6 +264,7 @@ class Runner:
         self.polls = PollSchedule(settings.poll_interval_s, self.random, settings.max_polls_per_s)
         self._poll_limit = asyncio.Semaphore(settings.poll_parallel)
         self.warned_budget = False
+        self._said_twice: set[str] = set()  # jobs said to be submitted again while possibly billed, in this run
         self._history_down_until = 0.0
         self.budget_skips = 0
         self._changed = asyncio.Event()
@@ -303,11 +324,11 @@ class Runner:
         """A signal: the first stops submitting and parks what is in flight; the second stops at once."""
         if self.stop.kind == "interrupt":
             self.stop.hard = True
-        self._stop("interrupt", "interrupted: what is in flight is parked in the state")
+        self._stop("interrupt", "interrupted: what is in flight is parked in the state", "interrupted")
 
-    def _stop(self, kind: str, message: str) -> None:
+    def _stop(self, kind: str, message: str, reason: StopReason) -> None:
         if self.stop.kind is None or kind == "interrupt":
-            self.stop.kind, self.stop.message = kind, message
+            self.stop.kind, self.stop.message, self.stop.reason = kind, message, reason
             self._event("stop", None, f"! {message}")
         self.stop.submits_closed = True
         self._stopped.set()
@@ -326,7 +347,8 @@ class Runner:
             code = ExitCode.JOBS_FAILED
         else:
             code = ExitCode.OK
-        return RunResult(code, counts, money, self.stop.message)
+        reason = self.stop.reason or ("budget" if code == ExitCode.BUDGET else None)
+        return RunResult(code, counts, money, self.stop.message, reason if code != ExitCode.OK else None)
 
     async def _heartbeat(self) -> None:
         """Tell the state this process still runs the directory; one that was taken over stops (a run paused for
@@ -467,9 +489,10 @@ class Runner:
                     continue
                 if exc.decision.cause == "unreachable":
                     tries = self.settings.credits_tries
-                    self._stop("provider", self._unreachable_message(exc.decision, f"{tries} tries"))
+                    self._stop("provider", self._unreachable_message(exc.decision, f"{tries} tries"), "unreachable")
                 elif exc.decision.action == "stop_run":
-                    self._stop("provider", f"the provider refused the key: {exc.decision.message}")
+                    message = f"the provider refused the key: {exc.decision.message}"
+                    self._stop("provider", message, stop_reason(exc.decision))
                 else:
                     self._event("warning", None, f"! could not read the account balance: {exc.decision.message}")
                 return
@@ -682,10 +705,26 @@ class Runner:
             await self.slots.release()
             await self._over_budget(job, reservation)
             return
+        self._say_billed_twice(job)
         self._event("submit", job.id, f"→ submit (attempt {job.attempts_used + 1})")
         self.posting.add(job.id)
         post = self._post_v2(job) if self.settings.transport == "v2" else self._post_v1(job)
         self._spawn(post, f"post {job.id}")
+
+    def _say_billed_twice(self, job: JobRow) -> None:
+        """A job submitted again while an earlier attempt of it may have been billed: said once a run (the row read
+        again, as the request history may have cleared the mark since ``job`` was read)."""
+        if (
+            job.possibly_billed_twice
+            and job.id not in self._said_twice
+            and self.store.job(job.id).possibly_billed_twice
+        ):
+            self._said_twice.add(job.id)
+            self._event(
+                "billed_twice",
+                job.id,
+                "? submitted again while an earlier attempt may have been billed: possibly billed twice",
+            )
 
     async def _over_budget(self, job: JobRow, reservation: int) -> None:
         money = self.store.money()
@@ -710,6 +749,7 @@ class Runner:
         for job in self.store.jobs(["pending"]):
             self.store.mark_skipped(job.id, "deadline: a job started now would not finish in time", self.clock())
         self.stop.submits_closed = True  # not a stop of the run: what is in flight finishes
+        self.stop.reason = self.stop.reason or "deadline"
         self._event("stop", None, "stopped submitting: the deadline is near")
         return True
 
@@ -758,7 +798,7 @@ class Runner:
         now = self.clock()
         where = f"the storage at {self.client.upload_host}"
         if decision.action == "stop_run":
-            self._stop("provider", f"{where} refused the upload: {decision.message}")
+            self._stop("provider", f"{where} refused the upload: {decision.message}", stop_reason(decision))
             return
         tries = self._upload_failures[job.id] = self._upload_failures.get(job.id, 0) + 1
         if decision.action == "fail_job" or tries >= self.settings.max_attempts:
@@ -858,7 +898,7 @@ class Runner:
             self.rate.pause(now + self.settings.unreachable_pause_s)
             self._unreachable(decision)
         if out.stop is not None:
-            self._stop(out.stop, f"stopped by the provider: {decision.message}")
+            self._stop(out.stop, f"stopped by the provider: {decision.message}", stop_reason(decision))
         wait = 0.0
         if out.backoff:
             draw = self.random.random()
@@ -896,7 +936,7 @@ class Runner:
         now = self.clock()
         since = self.client.reached_at if self.client.reached_at is not None else self._started_at
         if now - since >= self.settings.unreachable_s:
-            self._stop("provider", self._unreachable_message(decision, f"for {now - since:.0f} s"))
+            self._stop("provider", self._unreachable_message(decision, f"for {now - since:.0f} s"), "unreachable")
 
     def _unreachable_message(self, decision: Decision, how_long: str) -> str:
         return (
@@ -971,7 +1011,7 @@ class Runner:
         """A poll that did not say COMPLETED: a FAILED generation or a forgotten request ends the attempt;
         anything else (no answer, 5xx, 429, junk) leaves the request with the provider, asked again at its next poll."""
         if decision.action == "stop_run":
-            self._stop("provider", f"stopped by the provider: {decision.message}")
+            self._stop("provider", f"stopped by the provider: {decision.message}", stop_reason(decision))
         elif decision.action == "lost" and self.client.history_url and job.id not in self.past_ttl:
             # Past its TTL the status endpoints forget a request; the history keeps it: follow it there.
             self.past_ttl.add(job.id)
@@ -1185,7 +1225,7 @@ class Runner:
         if error is not None and self._failure is None:
             self._failure = error
             message = f"stopped: {error}" if isinstance(error, BatchgenError) else f"stopped by a bug: {error!r}"
-            self._stop("error", message)  # run() raises the error itself once everything is parked
+            self._stop("error", message, "error")  # run() raises the error itself once everything is parked
             self.stop.hard = True
 
     async def _cancel_tasks(self) -> None:
@@ -1198,7 +1238,7 @@ class Runner:
             self.warned_budget = True
             spent = format_usd(self.store.money().spent_micros)
             self._event(
-                "warning", None, f"! 80 % of the budget is spent ({spent} of {format_usd(self.budget.cap_micros or 0)})"
+                "budget", None, f"! 80 % of the budget is spent ({spent} of {format_usd(self.budget.cap_micros or 0)})"
             )
 
     def _write_job_log(self, job_id: str) -> None:
@@ -1215,7 +1255,7 @@ class Runner:
 
         await _in_thread(write)
 
-    def _event(self, kind: str, job_id: str | None, message: str) -> None:
+    def _event(self, kind: EventKind, job_id: str | None, message: str) -> None:
         """One state change: a line of run.log (glyphs → ← ↻ ! ?), and the progress callback."""
         self._log.line(job_id or "-", message)
         self.on_event(Event(kind, job_id, message))
