@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -114,9 +114,9 @@ class Manifest:
         """How many jobs the manifest expands to, counted without expanding it."""
         return sum(shot.combination_count * shot.takes for shot in self.shots)
 
-    @property
+    @cached_property
     def models(self) -> tuple[Model, ...]:
-        """Every model the shots use, in the order they first appear."""
+        """Every model the shots use, in the order they first appear (computed once: validation asks per shot)."""
         slugs = dict.fromkeys(slug for shot in self.shots for slug in self.shot_models(shot))
         return tuple(load_model(slug) for slug in slugs if slug in known_models())
 
