@@ -220,6 +220,31 @@ def _with_rows(doc: Document) -> Document:
     return out
 
 
+def rows_manifest(path: str, *, name: str | None = None, max_jobs: int = MAX_JOBS) -> Manifest:
+    """The manifest of a CSV or JSONL shot list alone (``batchgen import``): version 1, ``name`` (else one made from
+    the file's name) and the file's shots, validated like any manifest; every problem is placed in that file, and
+    local images are relative to its directory."""
+    if not path.endswith(SUFFIXES):
+        message = "is neither a .csv nor a .jsonl file: a CSV has a header line, then one shot a line; a JSONL file "
+        raise ManifestError([Problem(path, 1, 1, "", message + "one JSON object a line")])
+    try:
+        raw = read_rows(path)
+    except RowsFileProblem as exc:
+        raise ManifestError([Problem(path, 1, 1, "", str(exc))]) from None
+    rows = parse_rows(raw, path, column_types())
+    if not rows.data:  # nothing more to check: the rest of the manifest is made here
+        raise ManifestError(rows.problems or [Problem(path, 1, 1, "", "the file has no shots: write one shot a line")])
+    doc = Document(path, {"version": 1, "name": name or name_of(path), "shots": []})
+    doc.extend(("shots",), rows)
+    return load_manifest(path, max_jobs=max_jobs, document=doc)
+
+
+def name_of(path: str) -> str:
+    """A run name made from a file's name: ``Night Shots.csv`` → ``night-shots``."""
+    stem = re.sub(r"[^a-z0-9_-]+", "-", Path(path).stem.lower()).strip("-_")
+    return stem[:64] or "shots"
+
+
 @cache
 def column_types() -> dict[str, str]:
     """The JSON type of every key a shot of a CSV may have but ``matrix``: its cells are converted to it. A field

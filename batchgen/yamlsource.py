@@ -1,4 +1,4 @@
-"""YAML text → plain data plus the line:col of every value and key.
+"""YAML text → plain data plus the line:col of every value and key (and plain data → YAML text, once).
 
 PyYAML's composed nodes carry marks; this module walks them into dicts, lists and scalars and keeps a map from
 each value's path (``("shots", 2, "duration")``) to its 1-based position, so that every later check can point at
@@ -82,6 +82,26 @@ class Document:
             self.sources[(*at, offset + index)] = other.file
         self.problems.extend(other.problems)
         self.included.update(other.included)
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML text that reads back as the same data: mappings as blocks with their keys in order, lists of
+    plain values on one line (``[dawn, dusk]``), anything YAML would read as another type (``"16:9"``) quoted."""
+    text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return text
+
+
+class _Dumper(yaml.SafeDumper):
+    def represent_list(self, data: Any) -> yaml.SequenceNode:
+        flow = all(not isinstance(item, dict | list) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    def represent_dict(self, data: Any) -> yaml.MappingNode:
+        return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=False)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
+_Dumper.add_representer(dict, _Dumper.represent_dict)
 
 
 def format_path(path: Path_) -> str:

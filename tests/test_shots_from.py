@@ -14,7 +14,7 @@ import pytest
 from batchgen import ManifestError, expand, load_manifest
 from batchgen.launch import load_run_manifest, open_run
 from batchgen.rows import convert
-from tests.conftest import MANIFESTS
+from tests.conftest import MANIFESTS, run_cli
 
 HEAD = "version: 1\nname: night\ndefaults:\n  duration: 5\n  generate_audio: false\n"
 
@@ -259,6 +259,41 @@ def test_cells_are_converted_only_where_the_type_is_plain() -> None:
     assert [convert("0.5", "number"), convert("1", "number"), convert("1e999", "number")] == [0.5, 1, "1e999"]
     assert [convert("TRUE", "boolean"), convert("false", "boolean"), convert("yes", "boolean")] == [True, False, "yes"]
     assert [convert('["a"]', "array"), convert("[NaN]", "array"), convert("5", "string")] == [["a"], "[NaN]", "5"]
+
+
+def test_import_prints_a_manifest_that_plans_the_same_jobs(folder: Path) -> None:
+    rows = _write(folder, "Night Shots.csv", CSV)
+    done = run_cli("import", str(rows))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("# 7 shots of Night Shots.csv, by `batchgen import`\nversion: 1\nname: night-shots\n")
+    imported = _write(folder, "imported.yaml", done.stdout)
+    assert run_cli("validate", str(imported)).returncode == 0
+    _write(folder, "shots.csv", CSV)
+    expected = _jobs(_write(folder, "rows.yaml", "version: 1\nname: night-shots\nshots_from: shots.csv\n"))
+    assert _jobs(imported) == expected
+    jsonl = _write(folder, "shots.jsonl", "\n".join(_jsonl_lines()) + "\n")
+    done = run_cli("import", str(jsonl), "--name", "night-shots")
+    assert done.returncode == 0, done.stderr
+    assert _jobs(_write(folder, "from-jsonl.yaml", done.stdout)) == expected
+
+
+def test_import_of_a_bad_file_says_where_on_stderr_and_prints_nothing(folder: Path) -> None:
+    rows = _write(folder, "bad.csv", "id,prompt,duraton\na,x,5\n")
+    done = run_cli("import", str(rows))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        f'{rows}:1:11: unknown column "duraton" (did you mean "duration"?)',
+        "batchgen: error: 1 problem found; nothing was run",
+    ]
+    for path in (folder / "missing.csv", _write(folder, "latin1.jsonl", "")):
+        done = run_cli("import", str(path))
+        assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.startswith(str(path))
+    (folder / "latin1.csv").write_bytes(b"id,prompt\na,caf\xe9\n")
+    done = run_cli("import", str(folder / "latin1.csv"))
+    assert (
+        done.stderr.splitlines()[0]
+        == f"{folder / 'latin1.csv'}:2:6: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    )
 
 
 def test_an_edited_rows_file_makes_new_jobs_on_the_fast_resume(folder: Path) -> None:
