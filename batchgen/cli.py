@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 from batchgen import __version__
 from batchgen.errors import BatchgenError, ExitCode, ManifestError, UsageError
 from batchgen.jobs import Job, expand
-from batchgen.manifest import MAX_JOBS, Manifest, load_manifest
+from batchgen.manifest import MAX_JOBS, Manifest, load_manifest, rows_manifest
 from batchgen.models import known_models, load_model
 from batchgen.pricing import Plan, format_dollars, format_usd, make_plan, micros, usd
 from batchgen.simulator import DEFAULT_KEY
 from batchgen.simulator.faults import KINDS, FaultPlan, parse_script
+from batchgen.yamlsource import dump_yaml
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -81,6 +82,13 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     ),
     "retry": ((0, 2), ("batchgen retry night.yaml", "batchgen retry night.yaml --lost")),
     "verify": ((0, 1, 2), ("batchgen verify night.yaml", "batchgen verify night.yaml --repair")),
+    "import": (
+        (0, 2),
+        (
+            "batchgen import shots.csv > night.yaml",
+            "batchgen import shots.jsonl --name night > night.yaml",
+        ),
+    ),
     "models": ((0, 2), ("batchgen models", "batchgen models veo-3", "batchgen models kling-3-standard-image2video")),
     "simulate": (
         (0, 2),
@@ -173,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconcile(commands)
     _add_retry(commands)
     _add_verify(commands)
+    _add_import(commands)
     _add_models(commands)
     _add_simulate(commands)
     return parser
@@ -332,6 +341,31 @@ def _plan_table(manifest: Manifest, plan: Plan, images: dict[str, str]) -> str:
     if plan.budget_micros is not None:
         lines.append(f"budget {format_usd(plan.budget_micros)}: {plan.jobs_within_budget} of {len(plan.rows)} jobs fit")
     return "\n".join(lines)
+
+
+def _add_import(commands: Any) -> None:
+    command = _add_command(
+        commands,
+        "import",
+        "print a manifest made from a CSV or JSONL shot list (save it next to that file); every problem as "
+        "FILE:LINE:COL",
+        _import_rows,
+    )
+    command.add_argument(
+        "rows",
+        metavar="FILE",
+        help="a .csv (a header line naming the columns, then one shot a line) or a .jsonl (one JSON object a line)",
+    )
+    command.add_argument("--name", metavar="NAME", help="the run's name (default: made from the file's name)")
+    _add_max_jobs(command)
+
+
+def _import_rows(args: argparse.Namespace) -> int:
+    manifest = rows_manifest(args.rows, name=args.name, max_jobs=args.max_jobs)
+    count = len(manifest.shots)
+    print(f"# {count} shot{'s' * (count != 1)} of {Path(args.rows).name}, by `batchgen import`")
+    print(dump_yaml(dict(manifest.data)), end="")
+    return int(ExitCode.OK)
 
 
 def _print_problems(error: ManifestError) -> None:

@@ -132,7 +132,9 @@ def load_run_manifest(path: str, max_jobs: int, out: str | None) -> RunManifest:
     """The manifest of ``batchgen run``, validated and expanded, unless its run directory already holds its jobs.
 
     The state keeps the digest of the manifest bytes, the job limit, this version and its schemas, with the
-    normalised document: when they match, the manifest is rebuilt from that document and its jobs are the state's,
+    normalised document (the shots of its ``shots_from`` file in it) and the stamps of the files its jobs were made
+    from (local images, the ``shots_from`` file): when they match, the manifest is rebuilt from that document and
+    its jobs are the state's,
     so a resumed 100,000-job run starts without checking and expanding every job again (without ``--out`` the file
     is parsed for its name first).
     """
@@ -188,10 +190,10 @@ def _known_manifest(root: Path, digest: str, file: str) -> Manifest | None:
         if store.get_meta("manifest_digest") != digest:
             return None
         data = store.get_meta("manifest_data")
-        stamps = store.get_meta("manifest_images", [])
+        stamps = [*store.get_meta("manifest_images", []), *store.get_meta("manifest_files", [])]
     finally:
         store.close()
-    if not isinstance(data, dict) or not images_unchanged(stamps):
+    if not isinstance(data, dict) or not files_unchanged(stamps):
         return None
     return manifest_from_data(file, data)
 
@@ -199,16 +201,22 @@ def _known_manifest(root: Path, digest: str, file: str) -> Manifest | None:
 def image_stamps(images: list[LocalImage]) -> list[list[Any]]:
     """What tells, cheaply, that the local images a run's jobs were made from are still the same: each one's path,
     size, modification time and sha256."""
+    return file_stamps({image.path: image.sha256 for image in images})
+
+
+def file_stamps(files: Mapping[str, str]) -> list[list[Any]]:
+    """The stamps of files read for a run's jobs (by absolute path, with the sha256 of what was read): each one's
+    path, size, modification time and sha256."""
     stamps = []
-    for image in images:
-        info = os.stat(image.path)
-        stamps.append([image.path, info.st_size, info.st_mtime_ns, image.sha256])
+    for path, sha256 in files.items():
+        info = os.stat(path)
+        stamps.append([path, info.st_size, info.st_mtime_ns, sha256])
     return stamps
 
 
-def images_unchanged(stamps: Any) -> bool:
-    """Whether every local image of ``image_stamps`` still holds the same content: one whose size or time changed
-    is read again and hashed (a file touched but not changed is still the same)."""
+def files_unchanged(stamps: Any) -> bool:
+    """Whether every file of ``file_stamps`` (a local image, a ``shots_from`` file) still holds the same content:
+    one whose size or time changed is read again and hashed (a file touched but not changed is still the same)."""
     for path, size, mtime_ns, sha256 in stamps if isinstance(stamps, list) else []:
         try:
             info = os.stat(path)
@@ -249,7 +257,7 @@ def open_run(
                 store.sync_images([ImageRow(i.sha256, i.path, i.mime, i.size) for i in images])
                 store.set_meta(manifest_data=manifest.data, manifest_images=image_stamps(images))
                 if digest is not None:
-                    store.set_meta(manifest_digest=digest)
+                    store.set_meta(manifest_digest=digest, manifest_files=file_stamps(manifest.row_files))
             store.set_meta(
                 name=manifest.name,
                 manifest=os.path.abspath(manifest.file),

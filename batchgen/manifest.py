@@ -5,7 +5,9 @@ its request fields are the ones of that model; ``image:`` stands for the model's
 name (``start_image_url``, ``first_frame_image``, ``image``), so that one still can be compared across models.
 Validation runs in three layers, each reporting at the line:col of the YAML node at fault:
 
-1. the YAML itself (``yamlsource``): syntax, encoding, duplicate keys, size;
+1. the YAML itself (``yamlsource``): syntax, encoding, duplicate keys, size; the shots of a ``shots_from`` file
+   (``rows``: CSV or JSONL) are appended to the document's own, each value placed at its line and column in that
+   file, so that every later problem names it;
 2. the manifest's JSON Schema (``schema/manifest.schema.json``): its structure, and that every request field is a
    field of some model batchgen knows;
 3. every matrix combination of every shot against its model's request schema (a field the model lacks, a value it
@@ -20,13 +22,14 @@ A problem found the same way by several combinations (a default every combinatio
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from batchgen.images import (
     slot_limit,
 )
 from batchgen.models import DEFAULT_MODEL, Model, PriceTable, known_models, load_model
+from batchgen.rows import SUFFIXES, RowsFileProblem, parse_rows, read_rows
 from batchgen.validation import did_you_mean, make_validator, schema_problems
 from batchgen.yamlsource import Document, Path_, format_path, load_document
 
@@ -54,6 +58,8 @@ DEFAULT_RPM = 5
 TEMPLATE_FIELDS = ("prompt", "negative_prompt")
 MODEL_AXIS = "model"
 IMAGE_ALIAS = "image"  # a shot's first-frame image, under whichever name its model gives that field
+SHOTS_FROM = "shots_from"
+SHOT_KEYS = {"id": "string", "model": "string", "takes": "integer"}  # a shot's keys besides request fields and matrix
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
 _ELEMENT_REF = re.compile(r"@Element(\d+)\b")
@@ -112,15 +118,17 @@ class Manifest:
     """The document it was built from (kept by a run's state: see ``manifest_from_data``)."""
     images: dict[str, LocalImage | ImageProblem] = field(default_factory=dict, compare=False, repr=False)
     """Every local image read so far, by its absolute path (each file is read once)."""
+    row_files: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """The ``shots_from`` file its shots were read from, by absolute path, with the sha256 of its bytes."""
 
     @property
     def job_count(self) -> int:
         """How many jobs the manifest expands to, counted without expanding it."""
         return sum(shot.combination_count * shot.takes for shot in self.shots)
 
-    @property
+    @cached_property
     def models(self) -> tuple[Model, ...]:
-        """Every model the shots use, in the order they first appear."""
+        """Every model the shots use, in the order they first appear (computed once: validation asks per shot)."""
         slugs = dict.fromkeys(slug for shot in self.shots for slug in self.shot_models(shot))
         return tuple(load_model(slug) for slug in slugs if slug in known_models())
 
@@ -150,7 +158,7 @@ class Manifest:
 def load_manifest(path: str | Path, *, max_jobs: int = MAX_JOBS, document: Document | None = None) -> Manifest:
     """Load and validate the manifest at ``path`` (``document``: already parsed from it); raise
     :class:`ManifestError` with every problem found."""
-    doc = load_document(path) if document is None else document
+    doc = _with_rows(load_document(path) if document is None else document)
     data: dict[str, Any] = doc.data
     problems: list[Problem] = list(doc.problems)
     model = _model_of(doc, problems)
@@ -182,6 +190,77 @@ def manifest_from_data(file: str, data: dict[str, Any]) -> Manifest:
     """The manifest of a document ``load_manifest`` validated before (its ``data``), rebuilt without checking it
     again: a run's state keeps it with the digest of the bytes it came from."""
     return _build(Document(file, data), load_model(str(data.get("model", DEFAULT_MODEL))))
+
+
+def _with_rows(doc: Document) -> Document:
+    """``doc`` with the shots of its ``shots_from`` file (relative to it) appended to its own: a copy, whose
+    ``shots`` hold the rows' values at their places in that file."""
+    source = doc.data.get(SHOTS_FROM)
+    if not isinstance(source, str) or not source.endswith(SUFFIXES):
+        return doc  # none, or the schema says what is wrong with it
+    out = Document(doc.file, dict(doc.data), dict(doc.positions), dict(doc.key_positions), list(doc.problems))
+    out.sources, out.included = dict(doc.sources), dict(doc.included)
+    name = str(Path(doc.file).parent / source)
+    try:
+        raw = read_rows(name)
+    except RowsFileProblem as exc:
+        out.problems.append(out.problem((SHOTS_FROM,), str(exc)))
+        return out
+    rows = parse_rows(raw, name, column_types())
+    rows.included[str(Path(name).resolve())] = hashlib.sha256(raw).hexdigest()
+    own = out.data.get("shots")
+    if own is None and not rows.data:
+        message = "the file has no shots, and the manifest lists none: write one shot a line (a CSV after its header)"
+        out.problems.extend(rows.problems or [Problem(name, 1, 1, "", message)])
+        return out
+    if not isinstance(own, list | None):
+        out.problems.extend(rows.problems)  # the schema says `shots` is no list
+        return out
+    if own is None:
+        own = []
+        out.positions[("shots",)] = out.key_positions[("shots",)] = out.where((SHOTS_FROM,))
+    out.data["shots"] = list(own)
+    out.extend(("shots",), rows)
+    return out
+
+
+def rows_manifest(path: str, *, name: str | None = None, max_jobs: int = MAX_JOBS) -> Manifest:
+    """The manifest of a CSV or JSONL shot list alone (``batchgen import``): version 1, ``name`` (else one made from
+    the file's name) and the file's shots, validated like any manifest; every problem is placed in that file, and
+    local images are relative to its directory."""
+    if not path.endswith(SUFFIXES):
+        message = "is neither a .csv nor a .jsonl file: a CSV has a header line, then one shot a line; a JSONL file "
+        raise ManifestError([Problem(path, 1, 1, "", message + "one JSON object a line")])
+    try:
+        raw = read_rows(path)
+    except RowsFileProblem as exc:
+        raise ManifestError([Problem(path, 1, 1, "", str(exc))]) from None
+    rows = parse_rows(raw, path, column_types())
+    if not rows.data:  # nothing more to check: the rest of the manifest is made here
+        raise ManifestError(rows.problems or [Problem(path, 1, 1, "", "the file has no shots: write one shot a line")])
+    doc = Document(path, {"version": 1, "name": name or name_of(path), "shots": []})
+    doc.extend(("shots",), rows)
+    return load_manifest(path, max_jobs=max_jobs, document=doc)
+
+
+def name_of(path: str) -> str:
+    """A run name made from a file's name: ``Night Shots.csv`` → ``night-shots``."""
+    stem = re.sub(r"[^a-z0-9_-]+", "-", Path(path).stem.lower()).strip("-_")
+    return stem[:64] or "shots"
+
+
+@cache
+def column_types() -> dict[str, str]:
+    """The JSON type of every key a shot of a CSV may have but ``matrix``: its cells are converted to it. A field
+    whose models disagree on its type (none do yet) stays text; ``"5"`` for a model that takes durations as text
+    is an integer, which that model's normalisation turns back into ``"5"``."""
+    types = dict(SHOT_KEYS)
+    types[IMAGE_ALIAS] = "string"
+    for slug in known_models():
+        for name, schema in load_model(slug).request_fields.items():
+            kind = "integer" if schema.get("x-int-as-string") else str(schema.get("type", "string"))
+            types[name] = kind if types.get(name, kind) == kind else "string"
+    return types
 
 
 def _at(problems: list[Problem], prefix: Path_, *, exact: bool = False) -> bool:
@@ -301,6 +380,7 @@ def _build(doc: Document, model: Model) -> Manifest:
         transport=api.get("transport"),
         notify=tuple(url for url in data.get("notify") or [] if isinstance(url, str)),
         data=data,
+        row_files=dict(doc.included),
     )
 
 
@@ -642,9 +722,11 @@ def _duplicate_ids(doc: Document, manifest: Manifest) -> list[Problem]:
     problems = []
     for shot in manifest.shots:
         if shot.id in first:
-            line = doc.where(("shots", first[shot.id], "id"))[0]
-            message = f'shot id "{shot.id}" is already used at line {line}; shot ids must be unique'
-            problems.append(doc.problem(("shots", shot.index, "id"), message))
+            path, earlier = ("shots", shot.index, "id"), ("shots", first[shot.id], "id")
+            line, file = doc.where(earlier)[0], doc.file_of(earlier)
+            place = f"line {line}" if file == doc.file_of(path) else f"{file}:{line}"
+            message = f'shot id "{shot.id}" is already used at {place}; shot ids must be unique'
+            problems.append(doc.problem(path, message))
         else:
             first[shot.id] = shot.index
     return problems

@@ -1,4 +1,4 @@
-"""YAML text → plain data plus the line:col of every value and key.
+"""YAML text → plain data plus the line:col of every value and key (and plain data → YAML text, once).
 
 PyYAML's composed nodes carry marks; this module walks them into dicts, lists and scalars and keeps a map from
 each value's path (``("shots", 2, "duration")``) to its 1-based position, so that every later check can point at
@@ -38,6 +38,10 @@ class Document:
     key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     """Problems that did not stop the reading (duplicate keys, bad scalars): the caller reports them."""
+    sources: dict[Path_, str] = field(default_factory=dict)
+    """Values read from another file (a manifest's ``shots_from``), by path: their positions are in that file."""
+    included: dict[str, str] = field(default_factory=dict)
+    """Those other files, each with the sha256 of the bytes read."""
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
         """The position of ``path`` (of its key when ``key``), else of its nearest known ancestor."""
@@ -48,10 +52,56 @@ class Document:
             probe = probe[:-1]
         return self.positions.get(probe, (1, 1))
 
+    def file_of(self, path: Path_) -> str:
+        """The file ``path`` was read from: this document's, or the one a value above it came from."""
+        probe = path
+        while probe and self.sources:
+            if probe in self.sources:
+                return self.sources[probe]
+            probe = probe[:-1]
+        return self.file
+
     def problem(self, path: Path_, message: str, *, key: bool = False) -> Problem:
-        """A problem located at ``path`` of this document."""
+        """A problem located at ``path`` of this document (in the file that value was read from)."""
         line, col = self.where(path, key=key)
-        return Problem(self.file, line, col, format_path(path), message)
+        return Problem(self.file_of(path), line, col, format_path(path), message)
+
+    def extend(self, at: Path_, other: Document) -> None:
+        """Append the items of ``other`` (a document whose data is a list) to the list at ``at``, each keeping its
+        positions in ``other.file``; and take ``other``'s problems."""
+        target: Any = self.data
+        for part in at:
+            target = target[part]
+        offset = len(target)
+        target.extend(other.data)
+        for mine, theirs in ((self.positions, other.positions), (self.key_positions, other.key_positions)):
+            for path, position in theirs.items():
+                if path and isinstance(path[0], int):
+                    mine[(*at, path[0] + offset, *path[1:])] = position
+        for index in range(len(other.data)):
+            self.sources[(*at, offset + index)] = other.file
+        self.problems.extend(other.problems)
+        self.included.update(other.included)
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML text that reads back as the same data: mappings as blocks with their keys in order, lists of
+    plain values on one line (``[dawn, dusk]``), anything YAML would read as another type (``"16:9"``) quoted."""
+    text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return text
+
+
+class _Dumper(yaml.SafeDumper):
+    def represent_list(self, data: Any) -> yaml.SequenceNode:
+        flow = all(not isinstance(item, dict | list) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    def represent_dict(self, data: Any) -> yaml.MappingNode:
+        return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=False)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
+_Dumper.add_representer(dict, _Dumper.represent_dict)
 
 
 def format_path(path: Path_) -> str:
@@ -82,7 +132,7 @@ def read_source(path: str | Path) -> bytes:
 
 def parse_document(raw: bytes, name: str) -> Document:
     """Parse bytes of YAML named ``name`` (used in messages) into a :class:`Document`."""
-    text = _decode(raw, name)
+    text = decode_text(raw, name)
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
@@ -109,7 +159,8 @@ def parse_document(raw: bytes, name: str) -> Document:
     return doc
 
 
-def _decode(raw: bytes, name: str) -> str:
+def decode_text(raw: bytes, name: str) -> str:
+    """UTF-8 bytes (a BOM allowed) as text; a :class:`ManifestError` at the first byte that is not UTF-8."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -131,9 +131,7 @@ def test_fields_are_validated_per_model_each_error_at_its_place_naming_the_model
     ]
     assert messages[4].startswith("14:12: shots[1].image: there is no file ") and "missing.png" in messages[4]
     assert messages[5].startswith("18:24: shots[2].first_frame_image: ")
-    assert messages[5].endswith(
-        "not a PNG, JPEG or WebP image (by its first bytes): convert it to one"
-    )
+    assert messages[5].endswith("not a PNG, JPEG or WebP image (by its first bytes): convert it to one")
     assert messages[6:] == ["23:15: shots[3].duration: 8 is not allowed at 1080p: only 5 s is (pixverse-4.5-video)"]
 
 

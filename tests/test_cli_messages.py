@@ -27,6 +27,7 @@ RETURNS = {
     "retry": {0, 2},
     "verify": {0, 1, 2},
     "simulate": {0, 2},
+    "import": {0, 2},
 }
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b")
 
