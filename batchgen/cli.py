@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchgenError as exc:
         if args.debug:
             traceback.print_exc(file=sys.stderr)
-        say("error", str(exc))
+        if not exc.said:
+            say("error", str(exc))
         return int(exc.exit_code)
     except KeyboardInterrupt:
         say("error", "interrupted")
@@ -705,6 +706,9 @@ def _run(args: argparse.Namespace) -> int:
         started = time.time()
         try:
             result = asyncio.run(_run_async(manifest, store, run_dir, settings, target, args, progress, urls, started))
+        except BatchgenError as exc:
+            exc.said = progress.stop_said  # "stopped: …" was printed as it happened: not again
+            raise
         finally:
             progress.close()
         twice = len(store.flagged()[0])

@@ -41,6 +41,7 @@ class BatchgenError(Exception):
     """The base of every error batchgen raises on purpose."""
 
     exit_code: ExitCode = ExitCode.USAGE
+    said: bool = False  # already told to the user (as a run's stop, when it happened): the CLI says it once
 
 
 class UsageError(BatchgenError):

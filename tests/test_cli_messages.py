@@ -121,3 +121,36 @@ def test_a_schema_error_and_a_cross_field_error_are_reported_in_one_run(write_ma
     done = run_cli("validate", str(path))
     assert done.returncode == 2
     assert "aspect_ratio" in done.stderr and "{undefined}" in done.stderr and "add up" in done.stderr, done.stderr
+
+
+async def test_a_run_stopped_by_a_write_failure_says_it_once(write_manifest, tmp_path: Path) -> None:
+    import asyncio
+    import shutil
+
+    from tests.runs import cli_env, read_state, start_cli
+
+    out = tmp_path / "out"
+    process = await start_cli(
+        "run",
+        str(write_manifest(batch_manifest(2, extra="rpm: 1000\n"))),
+        "--out",
+        str(out),
+        "--simulate",
+        "--sim-latency-s",
+        "2",
+        "--no-progress",
+        env=cli_env(None),
+    )
+    for _ in range(400):
+        await asyncio.sleep(0.025)
+        if (out / "state.db").exists():
+            store = read_state(out)
+            try:
+                if store.counts()["submitted"] == 2:
+                    break
+            finally:
+                store.close()
+    shutil.rmtree(out / "videos")  # where the clips are to be written, gone before they arrive
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    text = err.decode()
+    assert process.returncode == 2 and text.count("cannot write") == 1, text
