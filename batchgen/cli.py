@@ -694,6 +694,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = _run_settings(args, manifest)
     target = None if args.simulate else _target(args, manifest)
     urls = _notify_urls(args, manifest)
+    if args.serve:
+        _check_listen(args.serve_host, args.serve_port)
     root = run_root(manifest.name, args.out)
     with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest) as (run_dir, store):
         progress = Progress(
@@ -1306,7 +1308,37 @@ def _add_serve_flags(command: argparse.ArgumentParser, host: str, port: str) -> 
     command.add_argument(
         host, default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1: this machine only)"
     )
-    command.add_argument(port, type=int, default=8765, metavar="PORT", help="port (default 8765; 0: any free port)")
+    command.add_argument(port, type=_port, default=8765, metavar="PORT", help="port (default 8765; 0: any free port)")
+
+
+def _port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (0: any free port)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return number
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse, before a run begins, an address the gallery could not listen on (a run should not start for a server
+    that cannot)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        what = "that address" if isinstance(exc, socket.gaierror) else "that port"
+        raise UsageError(
+            f"cannot serve the gallery on {host}:{port} ({exc.strerror or exc}): give another {what} "
+            "(--serve-host, --serve-port)"
+        ) from None
 
 
 def _serve_gallery(args: argparse.Namespace) -> int:
@@ -1342,9 +1374,13 @@ async def _gallery_server(root: Path, host: str, port: int) -> AsyncIterator[str
         url = await server.start(host, port)
     except OSError as exc:
         await server.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): pass another --port") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): give another address or port"
+        ) from None
     if not _is_loopback_host(host):
         say("warning", f"the gallery is served to the network on {host}: anyone who reaches it sees the prompts")
+        if host in ("0.0.0.0", "::"):
+            url += f" (from this machine: http://127.0.0.1:{url.rstrip('/').rsplit(':', 1)[1]}/)"
     try:
         yield url
     finally:

@@ -41,8 +41,9 @@ ROW_KEYS = (
     "reason",
     "warn",
     "twice",
+    "group",
 )
-_INTERNED = {"shot": "shots", "model": "models", "prompt": "prompts", "params": "params"}
+_INTERNED = {"shot": "shots", "model": "models", "prompt": "prompts", "params": "params", "group": "groups"}
 
 
 def gallery_row(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,34 +78,27 @@ def gallery_row(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows in manifest order, a shot run on several models row by row (each row: one combination of its other
-    variables and take, across the models), so that the page can lay the models out side by side."""
+    """Rows in manifest order, the jobs of a shot together (those of an earlier manifest after its current ones), a
+    shot run on several models row by row (each row: one combination of its other variables and take, across the
+    models), so that the page can lay the models out side by side."""
     models: dict[str, list[str]] = {}
+    by_shot: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         shot_models = models.setdefault(row["shot"], [])
         if row["model"] not in shot_models:
             shot_models.append(row["model"])
-    out: list[dict[str, Any]] = []
-    held: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if len(models[row["shot"]]) < 2:
-            out.append(row)
-            continue
-        if row["shot"] not in held:
-            held[row["shot"]] = []
-            out.append({"_shot": row["shot"]})  # where the shot's grid goes
-        held[row["shot"]].append(row)
+        by_shot.setdefault(row["shot"], []).append(row)
     result: list[dict[str, Any]] = []
-    for row in out:
-        if "_shot" not in row:
-            result.append(row)
+    for shot, members in by_shot.items():
+        order = models[shot]
+        if len(order) < 2:
+            result.extend({**member, "group": ""} for member in members)
             continue
-        order = models[row["_shot"]]
         groups: dict[str, list[dict[str, Any]]] = {}
-        for member in held[row["_shot"]]:
+        for member in members:
             groups.setdefault(member["group"], []).append(member)
-        for members in groups.values():
-            result.extend(sorted(members, key=lambda member: order.index(member["model"])))
+        for group in groups.values():
+            result.extend(sorted(group, key=lambda member: order.index(member["model"])))
     return result
 
 
@@ -124,10 +118,13 @@ def compact(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"keys": ROW_KEYS, "tables": {name: list(table) for name, table in tables.items()}, "jobs": packed}
 
 
-def header(summary: Mapping[str, Any], eta_s: float | None = None, *, live: bool = False) -> dict[str, Any]:
-    """What the page's header shows: counts, money, time."""
+def header(
+    summary: Mapping[str, Any], eta_s: float | None = None, *, live: bool = False, running: bool = False
+) -> dict[str, Any]:
+    """What the page's header shows: counts, money, time; served live, whether a run is going on."""
     above = summary.get("charged_above_estimate") or {}
     return {
+        "running": running,
         "name": summary.get("name") or "batchgen run",
         "counts": summary["counts"],
         "total": summary["total"],
@@ -144,7 +141,9 @@ def gallery_html(head: Mapping[str, Any], data: Mapping[str, Any], version: int 
     """``index.html``: self-contained (inline CSS and script, no network but its own files), relative links."""
     title = html.escape(str(head["name"]), quote=True)
     payload = {"v": GALLERY_VERSION, "version": version, "header": head, **data}
-    block = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    # Every "<" as \u003c: no text of a prompt can close the block or open a comment in it (<!-- then <script
+    # keeps an HTML parser in the block past its end)
+    block = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     style, script = _asset("gallery.css"), _asset("gallery.js")
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '

@@ -92,7 +92,10 @@ def check_notify_url(url: str) -> str:
 
 def origin_of(url: str) -> str:
     """A notify URL as it is said in logs and warnings: its origin, the path (a webhook's secret) left out."""
-    return f"{URL(url).origin()}/…"
+    try:
+        return f"{URL(url).origin()}/…"
+    except ValueError:
+        return "a URL that cannot be read"
 
 
 def retry_delay_s(tries_done: int, backoff_s: float) -> float:
@@ -261,9 +264,15 @@ class Notifier:
         assert self._session is not None
         headers = {"Content-Type": "application/json", **NTFY_HEADERS}
         try:
-            async with self._session.post(url, data=body, headers=headers) as response:
+            # A redirect is not followed: aiohttp would send a 302's event on as a GET without it (lost, yet "sent"),
+            # and a webhook answers where it is.
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 if 200 <= response.status < 300:
                     return None, False
+                if 300 <= response.status < 400:
+                    location = response.headers.get("Location", "")
+                    where = origin_of(location) if location.startswith(("http://", "https://")) else "the same host"
+                    return f"HTTP {response.status}, a redirect to {where}: not followed (give the URL it names)", False
                 return f"HTTP {response.status}", response.status >= 500 or response.status in (408, 429)
         except TimeoutError:
             return f"no answer within {self.settings.timeout_s:g} s", True

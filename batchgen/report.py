@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import av
 from batchgen import __version__
 from batchgen.budget import Budget
 from batchgen.errors import BatchgenError
-from batchgen.gallery import GALLERY_VERSION, compact, gallery_html, gallery_row, header, ordered
+from batchgen.gallery import GALLERY_VERSION, ROW_KEYS, compact, gallery_html, gallery_row, header, ordered
 from batchgen.images import ref_sha
 from batchgen.models import known_models, load_model
 from batchgen.outputs import RunDir, make_poster, make_thumbnail, write_text
@@ -143,11 +144,15 @@ class ReportCache:
 
     @classmethod
     def load(cls, path: Path) -> ReportCache:
-        """The cache at ``path``, or an empty one."""
+        """The cache at ``path``, or an empty one when it is missing, older, or not what this code writes (any entry
+        not of its shape: the cache is ignored whole, and the report made from the state)."""
         try:
             data = json.loads(path.read_bytes())
-            if data.get("v") == [SUMMARY_VERSION, GALLERY_VERSION, __version__]:
-                return cls({key: list(value) for key, value in data["entries"].items()})
+            if not isinstance(data, dict) or data.get("v") != [SUMMARY_VERSION, GALLERY_VERSION, __version__]:
+                return cls()
+            entries = data["entries"]
+            if isinstance(entries, dict) and all(_sound(key, entry) for key, entry in entries.items()):
+                return cls({key: list(entry) for key, entry in entries.items()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
         return cls()
@@ -162,6 +167,14 @@ class ReportCache:
         copies the changed jobs lack (a read-only view only shows what is there)."""
         stamps = store.job_stamps()
         changed = [job_id for job_id, at in stamps if self.entries.get(job_id, [None])[0] != at]
+        if writing:  # a poster deleted since it was made is made again
+            posters = {entry.name for entry in os.scandir(run_dir.posters)} if run_dir.posters.is_dir() else set()
+            known = set(changed)
+            changed += [
+                job_id
+                for job_id, entry in self.entries.items()
+                if entry[2].get("poster") and f"{job_id}.jpg" not in posters and job_id not in known
+            ]
         self.order = [job_id for job_id, _ in stamps]
         if len(self.entries) != len(stamps):
             self.entries = {job_id: self.entries[job_id] for job_id in self.order if job_id in self.entries}
@@ -186,6 +199,21 @@ class ReportCache:
     def rows(self, since: int = 0) -> list[dict[str, Any]]:
         """The gallery rows, in order (only those changed after version ``since``)."""
         return [self.entries[job_id][2] for job_id in self.order if self.entries[job_id][3] > since]
+
+
+def _sound(key: Any, entry: Any) -> bool:
+    """Whether a cache entry has the shape this code writes: [updated_at, summary line, gallery row, version]."""
+    return (
+        isinstance(key, str)
+        and isinstance(entry, list)
+        and len(entry) == 4
+        and isinstance(entry[0], int | float)
+        and isinstance(entry[1], str)
+        and entry[1].startswith(f'{{"id": {json.dumps(key, ensure_ascii=False)}, ')
+        and isinstance(entry[2], dict)
+        and all(name in entry[2] for name in (*ROW_KEYS, "group"))
+        and isinstance(entry[3], int)
+    )
 
 
 def write_report(store: Store, run_dir: RunDir, *, full: bool = False) -> dict[str, Any]:
@@ -232,14 +260,17 @@ def summary_head(store: Store) -> dict[str, Any]:
 
 
 def eta_s(store: Store, now: float | None = None) -> float | None:
-    """Seconds until the jobs left are done, at the pace of the last ten minutes (``None`` before there is one)."""
+    """Seconds until the jobs left are done, at the pace of the last ten minutes of this run (``None`` before it has
+    one)."""
     now = time.time() if now is None else now
+    started = float(store.get_meta("started_at", 0.0) or 0.0)
+    window = min(ETA_WINDOW_S, now - started) if started else ETA_WINDOW_S
     counts = store.counts()
     left = sum(counts[state] for state in ("pending", *IN_FLIGHT) if state in counts)
-    finished = store.finished_since(now - ETA_WINDOW_S)
-    if not left or not finished:
+    finished = store.finished_since(now - window)
+    if not left or not finished or window <= 0:
         return None
-    return left * ETA_WINDOW_S / finished
+    return left * window / finished
 
 
 def _poster(job: JobRow, run_dir: RunDir, *, writing: bool) -> str | None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import html
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,10 @@ from aiohttp import web
 
 from batchgen.errors import StateError
 from batchgen.gallery import LIVE_POLL_S, compact, gallery_html, header, ordered
+from batchgen.launch import OWNER_STALE_S, owner_is_live
 from batchgen.outputs import RunDir
 from batchgen.report import CACHE_NAME, ReportCache, eta_s, summary_head
-from batchgen.store import Store
+from batchgen.store import Owner, Store
 
 FILE_DIRS = ("videos", "posters", "inputs")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -37,6 +40,13 @@ WAITING = (
     '<body style="font:15px system-ui;background:#111;color:#ddd;padding:24px">No run in this directory yet: this page '
     "looks again every 2 seconds.</body>"
 )
+
+
+def _running(owner: Owner) -> bool:
+    """Whether the run's owner still runs it (this very process too: ``run --serve``)."""
+    if time.time() - owner.heartbeat_at > OWNER_STALE_S:
+        return False
+    return owner.pid == os.getpid() or owner_is_live(owner)
 
 
 class GalleryServer:
@@ -62,7 +72,9 @@ class GalleryServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0: any free port); the URL of the gallery."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # A client still downloading a video when the server closes is cut off after a second: a run's end (its
+        # report, its notification) never waits for a slow viewer.
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -92,11 +104,16 @@ class GalleryServer:
                 return None
             try:
                 self._store = Store.open(self.run_dir.state, readonly=True)
-            except StateError:
-                return None  # created this instant and not yet written: the page asks again
+            except StateError as exc:
+                if "holds no state" in str(exc):
+                    return None  # created this instant and not yet written: the page asks again
+                raise
         self.cache.refresh(self._store, self.run_dir, writing=False)
-        head = header(summary_head(self._store), eta_s(self._store), live=True)
-        return {"version": self.cache.version, "header": head, "rows": self.cache.rows(since)}
+        owner = self._store.owner()
+        running = owner is not None and _running(owner)
+        head = header(summary_head(self._store), eta_s(self._store) if running else None, live=True, running=running)
+        rows = self.cache.rows(since)
+        return {"version": self.cache.version, "header": head, "rows": ordered(rows) if since == 0 else rows}
 
     async def _read(self, since: int) -> dict[str, Any] | None:
         async with self._lock:
@@ -106,10 +123,13 @@ class GalleryServer:
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         """The gallery as the state has it now."""
-        snapshot = await self._read(0)
+        try:
+            snapshot = await self._read(0)
+        except StateError as exc:  # a state this version cannot read (newer, damaged): said, not waited for
+            return web.Response(text=html.escape(str(exc)), status=500, content_type="text/plain")
         if snapshot is None:
             return web.Response(text=WAITING, content_type="text/html")
-        data = {**compact(ordered(snapshot["rows"])), "poll_ms": round(LIVE_POLL_S * 1000)}
+        data = {**compact(snapshot["rows"]), "poll_ms": round(LIVE_POLL_S * 1000)}
         response = web.Response(
             text=gallery_html(snapshot["header"], data, snapshot["version"]),
             content_type="text/html",
@@ -124,11 +144,13 @@ class GalleryServer:
             since = max(0, int(request.query.get("since", "0")))
         except ValueError:
             raise web.HTTPBadRequest(text="since is a whole number") from None
-        snapshot = await self._read(since)
+        try:
+            snapshot = await self._read(since)
+        except StateError as exc:
+            raise web.HTTPInternalServerError(text=str(exc)) from None
         if snapshot is None:
             raise web.HTTPServiceUnavailable(text="no run yet")
-        rows = [{key: value for key, value in row.items() if key != "group"} for row in snapshot["rows"]]
-        body = {"version": snapshot["version"], "header": snapshot["header"], "jobs": rows}
+        body = {"version": snapshot["version"], "header": snapshot["header"], "jobs": snapshot["rows"]}
         response = web.json_response(body, headers={"Cache-Control": "no-store"})
         response.enable_compression()
         return response

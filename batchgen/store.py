@@ -391,13 +391,21 @@ class Store:
                     for job, estimate in new
                 ],
             )
-            db.execute("UPDATE jobs SET in_manifest = 0")
+            # A job that enters or leaves the manifest changes (updated_at: the report reads what changed). Its
+            # old membership is kept meanwhile as in_manifest - 2 (-1: it was in, -2: it was not).
+            db.execute("UPDATE jobs SET in_manifest = in_manifest - 2")
             db.executemany(
-                "UPDATE jobs SET in_manifest = 1, idx = ?, estimate_micros = ?, price_class = ? WHERE id = ?",
+                "UPDATE jobs SET updated_at = CASE WHEN in_manifest = -2 THEN ? ELSE updated_at END, in_manifest = 1, "
+                "idx = ?, estimate_micros = ?, price_class = ? WHERE id = ?",
                 [
-                    (job.index, estimate, price, job.id)
+                    (now, job.index, estimate, price, job.id)
                     for job, estimate, price in zip(jobs, estimates, classes, strict=True)
                 ],
+            )
+            db.execute(
+                "UPDATE jobs SET updated_at = CASE WHEN in_manifest = -1 THEN ? ELSE updated_at END, in_manifest = 0 "
+                "WHERE in_manifest < 0",
+                (now,),
             )
             _requeue_skipped(db, now)
         return len(new)

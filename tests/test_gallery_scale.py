@@ -113,6 +113,17 @@ async def test_serve_shows_a_clip_that_lands_without_a_reload(make_sim, write_ma
             await page.wait_for("document.querySelectorAll('article.card').length === 3", timeout_s=20)
             assert await page.evaluate("document.querySelectorAll('.state-done').length") == 0
             await page.evaluate("window.sameDocument = true")
+            # a filtered view follows what lands too
+            await page.evaluate(
+                "(() => { const q = document.getElementById('q'); q.value = 'shot 1';"
+                " q.dispatchEvent(new Event('input')); })()"
+            )
+            await page.wait_for("document.querySelectorAll('.state-done .still').length === 1", timeout_s=30)
+            assert await page.evaluate("document.querySelectorAll('article.card').length") == 1
+            await page.evaluate(
+                "(() => { const q = document.getElementById('q'); q.value = '';"
+                " q.dispatchEvent(new Event('input')); })()"
+            )
             await page.wait_for("document.querySelectorAll('.state-done .still').length === 3", timeout_s=30)
             assert await page.evaluate("window.sameDocument === true && window.batchgenLive > 0")
             stats = await page.evaluate("document.getElementById('stats').textContent")
@@ -152,3 +163,84 @@ async def test_serve_refuses_paths_outside_the_run_and_links(tmp_path: Path) -> 
             assert [job["state"] for job in changed] == ["failed"]
     finally:
         await server.close()
+
+
+def test_a_damaged_report_cache_is_ignored_and_the_report_made_from_the_state(tmp_path: Path) -> None:
+    import json
+
+    out = done_run(tmp_path, 6, b"\xff\xd8\xff")
+    _report(out)
+    cache = out / ".report-cache.json"
+    data = json.loads(cache.read_text())
+    first = next(iter(data["entries"]))
+    for broken in ([], [1.0, "{}", {}, 1], [1.0, '{"id": "other"}', data["entries"][first][2], 1]):
+        data["entries"][first] = broken
+        cache.write_text(json.dumps(data))
+        _report(out)
+        summary = json.loads((out / "summary.json").read_text())
+        assert [job["id"] for job in summary["jobs"]].count(first) == 1 and len(summary["jobs"]) == 6
+    cache.write_text("not json")
+    _report(out)
+    assert json.loads((out / "summary.json").read_text())["total"] == 6
+
+
+def test_the_incremental_report_follows_jobs_leaving_the_manifest_and_lost_posters(tmp_path: Path) -> None:
+    import json
+
+    from batchgen.launch import load_run_manifest, open_run
+    from tests.galleries import batch_yaml
+
+    out = done_run(tmp_path, 6, _thumbnail(tmp_path))
+    _report(out)
+    (tmp_path / "big.yaml").write_text(batch_yaml(4))  # two jobs leave the manifest
+    loaded = load_run_manifest(str(tmp_path / "big.yaml"), 10, str(out))
+    with open_run(out, loaded.manifest, loaded.jobs, None, loaded.digest):
+        pass
+    poster = next((out / "posters").glob("*.jpg"))
+    poster.unlink()
+    (out / "videos" / f"{poster.stem}.mp4").write_bytes(make_clip(3, "16:9", False))
+    _report(out)
+    jobs = json.loads((out / "summary.json").read_text())["jobs"]
+    assert sum(not job["in_manifest"] for job in jobs) == 2
+    assert poster.exists()  # made again, without --full
+
+
+async def test_a_tall_screen_fills_itself_and_no_prompt_can_close_the_data(tmp_path: Path) -> None:
+    _needs_chromium()
+    out = done_run(tmp_path, 2_000, b"\xff\xd8\xff")
+    db = sqlite3.connect(out / "state.db")
+    with db:
+        db.execute(
+            """UPDATE jobs SET payload = json_set(payload, '$.prompt', '<!--<script> a lighthouse </script>'),"""
+            " updated_at = updated_at + 1 WHERE idx < 3"
+        )
+    db.close()
+    _report(out)
+    app = web.Application()
+    app.router.add_static("/", out)
+    async with serving(app) as url, chromium(tmp_path / "profile") as page:
+        await page.open(f"{url}/index.html", width=3840, height=2160)
+        await page.wait_for("window.batchgenRendered")
+        cards = await page.evaluate("document.querySelectorAll('article.card').length")
+        below = await page.evaluate("document.getElementById('more').getBoundingClientRect().top > innerHeight")
+        assert cards > 48 and below, cards  # more than two chunks: the screen is full and scrolls
+        texts = await page.evaluate("Array.from(document.querySelectorAll('.prompt')).map((p) => p.textContent)")
+        assert texts[:3] == ["<!--<script> a lighthouse </script>"] * 3
+
+
+async def test_closing_the_server_does_not_wait_for_a_slow_download(tmp_path: Path) -> None:
+    import aiohttp
+
+    out = done_run(tmp_path, 2, b"\xff\xd8\xff")
+    video = next((out / "videos").glob("*.mp4"))
+    video.write_bytes(bytes(50 << 20))
+    server = GalleryServer(out)
+    url = await server.start()
+    session = aiohttp.ClientSession()
+    response = await session.get(url + f"videos/{video.name}")
+    await response.content.read(1024)  # a viewer that reads a little, then dawdles
+    started = time.monotonic()
+    await server.close()
+    assert time.monotonic() - started < 5
+    response.close()
+    await session.close()

@@ -307,3 +307,22 @@ def test_origin_of_leaves_the_secret_path_out_and_wall_time_reads() -> None:
     assert origin_of("https://user:pw@hooks.slack.com/services/T/B/X") == "https://hooks.slack.com/…"
     assert origin_of("http://[::1]:8080/t") == "http://[::1]:8080/…"
     assert [format_wall(s) for s in (0.4, 59, 133, 3600 * 2 + 300)] == ["0 s", "59 s", "2 min 13 s", "2 h 05 min"]
+
+
+async def test_a_redirect_is_not_followed_and_is_said(make_hooks) -> None:
+    from aiohttp import web
+
+    from tests.runs import serving
+
+    target = await make_hooks()
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(target.url())
+
+    app = web.Application()
+    app.router.add_post("/hook", moved)
+    async with serving(app) as url:
+        problems = await _deliver([f"{url}/hook"], NotifySettings(tries=2, backoff_s=0))
+    assert target.received == []  # nothing sent on to another host
+    (problem,) = problems
+    assert "HTTP 302, a redirect to http://127.0.0.1:" in problem and "not followed" in problem

@@ -4,8 +4,9 @@
 (function () {
   'use strict';
   var D = JSON.parse(document.getElementById('data').textContent);
-  var T = D.tables, K = D.keys, TABLE = {shot: 'shots', model: 'models', prompt: 'prompts', params: 'params'};
-  var CHUNK = 24, STATES = ['done', 'failed', 'lost', 'skipped', 'pending', 'submitted', 'downloading'];
+  var T = D.tables, K = D.keys;
+  var TABLE = {shot: 'shots', model: 'models', prompt: 'prompts', params: 'params', group: 'groups'};
+  var CHUNK = 24, STATES = ['done', 'failed', 'lost', 'skipped', 'pending', 'submitting', 'submitted', 'downloading'];
   function decode(values) {
     var job = {};
     K.forEach(function (key, i) { job[key] = TABLE[key] ? T[TABLE[key]][values[i]] : values[i]; });
@@ -15,7 +16,7 @@
   jobs.forEach(function (job) { byId.set(job.id, job); });
   var filter = {state: 'all', shot: '', model: '', q: ''};
   var grid = document.getElementById('grid'), more = document.getElementById('more');
-  var shown = [], cursor = 0, box = null, boxShot = null, shotModels = new Map();
+  var shown = [], cursor = 0, box = null, boxShot = null, shotModels = new Map(), boxGroup = null, boxRow = 1;
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -107,20 +108,31 @@
         title.appendChild(el('small', null, ' · ' + models.length + ' models side by side'));
         box = el('div', 'compare');
         box.style.setProperty('--models', models.length);
-        models.forEach(function (model, i) { var h = el('div', 'colhead', model); h.style.gridColumn = String(i + 1); box.appendChild(h); });
+        models.forEach(function (model, i) {
+          var h = el('div', 'colhead', model);
+          h.style.gridColumn = String(i + 1); h.style.gridRow = '1';
+          box.appendChild(h);
+        });
         grid.appendChild(box);
       } else {
         box = grid;
       }
     }
-    box.appendChild(card(job));
+    var node = card(job);
+    if (box !== grid) {  // a comparison: each combination on a row of its own, each model in its column
+      if (job.group !== boxGroup) { boxGroup = job.group; boxRow += 1; }
+      node.style.gridRow = String(boxRow);
+    }
+    box.appendChild(node);
   }
   function fill() {
-    var end = Math.min(shown.length, cursor + CHUNK);
-    for (; cursor < end; cursor++) place(shown[cursor]);
+    do {  // until the sentinel is out of reach (a tall screen takes more than one chunk)
+      var end = Math.min(shown.length, cursor + CHUNK);
+      for (; cursor < end; cursor++) place(shown[cursor]);
+    } while (cursor < shown.length && more.getBoundingClientRect().top < innerHeight + 600);
   }
   function render() {
-    shown = jobs.filter(matches); cursor = 0; box = null; boxShot = null;
+    shown = jobs.filter(matches); cursor = 0; box = null; boxShot = null; boxGroup = null; boxRow = 1;
     grid.textContent = '';
     fill();
     document.getElementById('shown').textContent = shown.length === jobs.length ? jobs.length + ' jobs' : shown.length + ' of ' + jobs.length + ' jobs';
@@ -149,16 +161,18 @@
     var m = head.money, tail = ' · ';
     stats.appendChild(document.createTextNode(tail)); stats.appendChild(el('b', null, money(m.spent_usd)));
     stats.appendChild(document.createTextNode(' spent' + (m.budget_usd !== null && m.budget_usd !== undefined ? ' of ' + money(m.budget_usd) : '')));
-    if (head.wall_s) stats.appendChild(document.createTextNode(' · wall time ' + span(head.wall_s)));
-    if (head.eta_s) stats.appendChild(document.createTextNode(' · about ' + span(head.eta_s) + ' to go'));
-    if (head.live) stats.appendChild(document.createTextNode(' · live'));
+    if (head.wall_s && !head.running) stats.appendChild(document.createTextNode(' · wall time ' + span(head.wall_s)));
+    if (head.running && head.eta_s) stats.appendChild(document.createTextNode(' · about ' + span(head.eta_s) + ' to go'));
+    if (head.lost) stats.appendChild(document.createTextNode(' · live view lost: asking again'));
+    else if (head.live) stats.appendChild(document.createTextNode(head.running ? ' · live: running' : ' · live: no run going on'));
     else if (head.generated_at) stats.appendChild(document.createTextNode(' · ' + head.generated_at));
     var above = document.getElementById('above');
     above.hidden = !head.above; above.textContent = head.above || '';
     var buttons = document.getElementById('states');
     buttons.textContent = '';
+    if (filter.state !== 'all' && parts.indexOf(filter.state) < 0) parts.push(filter.state);
     ['all'].concat(parts).forEach(function (s) {
-      var b = el('button', s === filter.state ? 'on' : '', s === 'all' ? 'all' : s + ' ' + c[s]);
+      var b = el('button', s === filter.state ? 'on' : '', s === 'all' ? 'all' : s + ' ' + (c[s] || 0));
       b.dataset.state = s;
       b.addEventListener('click', function () { filter.state = s; drawHeader(); render(); });
       buttons.appendChild(b);
@@ -174,28 +188,56 @@
   document.getElementById('model').addEventListener('change', function (e) { filter.model = e.target.value; render(); });
   document.getElementById('q').addEventListener('input', function (e) { filter.q = e.target.value.trim().toLowerCase(); render(); });
 
+  function filtered() { return filter.state !== 'all' || filter.shot || filter.model || filter.q; }
   function merge(changed) {
     var fresh = false;
     changed.forEach(function (row) {
       var job = byId.get(row.id);
-      if (!job) { byId.set(row.id, row); jobs.push(row); fresh = true; return; }
-      Object.keys(row).forEach(function (k) { job[k] = row[k]; });
+      if (!job) { fresh = true; return; }
+      Object.keys(row).forEach(function (k) { if (k !== 'group') job[k] = row[k]; });
       delete job.search;
+      if (filtered()) return;  // the view is drawn again below: what matches may have changed
       var old = grid.querySelector('article[data-id="' + CSS.escape(row.id) + '"]');
-      if (old) { if (matches(job)) old.replaceWith(card(job)); else old.remove(); }
+      if (old) {
+        var node = card(job);
+        node.style.gridRow = old.style.gridRow;
+        old.replaceWith(node);
+      }
     });
-    if (fresh) { shotModels = new Map(); T.shots = Array.from(new Set(jobs.map(function (j) { return j.shot; }))); T.models = Array.from(new Set(jobs.map(function (j) { return j.model; }))); menus(); render(); }
+    if (fresh) return reload();  // jobs the page does not know: take the whole list again, in order
+    if (changed.length && filtered()) redraw();
   }
+  function redraw() {  // the same view with the data of now, as far down as it was
+    var seen = cursor, y = window.scrollY;
+    render();
+    while (cursor < Math.min(seen, shown.length)) fill();
+    window.scrollTo(0, y);
+  }
+  function reload() {
+    return fetch('live.json?since=0', {cache: 'no-store'}).then(function (r) { return r.json(); }).then(function (all) {
+      jobs = all.jobs; byId = new Map(); shotModels = new Map();
+      jobs.forEach(function (job) { byId.set(job.id, job); });
+      T.shots = Array.from(new Set(jobs.map(function (j) { return j.shot; })));
+      T.models = Array.from(new Set(jobs.map(function (j) { return j.model; })));
+      menus(); redraw();
+    });
+  }
+  var failures = 0;
   function poll() {
     fetch('live.json?since=' + version, {cache: 'no-store'}).then(function (r) {
       if (!r.ok) throw new Error('no live view here');
       return r.json();
     }).then(function (live) {
-      version = live.version; head = live.header;
-      merge(live.jobs); drawHeader();
-      window.batchgenLive = (window.batchgenLive || 0) + 1;
-      setTimeout(poll, LIVE_MS);
-    }).catch(function () { /* a static copy: nothing to ask */ });
+      failures = 0; version = live.version; head = live.header;
+      return Promise.resolve(merge(live.jobs)).then(function () {
+        drawHeader();
+        window.batchgenLive = (window.batchgenLive || 0) + 1;
+        setTimeout(poll, LIVE_MS);
+      });
+    }).catch(function () {  // the server went away (the run ended, a restart): say so, and keep asking, slower
+      failures += 1; head.lost = true; drawHeader();
+      setTimeout(poll, Math.min(60000, LIVE_MS * Math.pow(2, failures)));
+    });
   }
   var LIVE_MS = D.poll_ms || 2000;
   drawHeader(); menus(); render();
