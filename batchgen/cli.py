@@ -365,6 +365,9 @@ def _import_rows(args: argparse.Namespace) -> int:
     manifest = rows_manifest(args.rows, name=args.name, max_jobs=args.max_jobs)
     count = len(manifest.shots)
     print(f"# {count} shot{'s' * (count != 1)} of {Path(args.rows).name}, by `batchgen import`")
+    if manifest.local_images():  # paths are as the rows wrote them, relative to the rows file's folder
+        folder = Path(args.rows).resolve().parent
+        print(f"# its local images are relative to {folder}: save this manifest there (or use shots_from: instead)")
     print(dump_yaml(dict(manifest.data)), end="")
     return int(ExitCode.OK)
 
