@@ -125,8 +125,10 @@ def test_a_schema_error_and_a_cross_field_error_are_reported_in_one_run(write_ma
 
 async def test_a_run_stopped_by_a_write_failure_says_it_once(write_manifest, tmp_path: Path) -> None:
     import asyncio
+    import contextlib
     import shutil
 
+    from batchgen.errors import StateError
     from tests.runs import cli_env, read_state, start_cli
 
     out = tmp_path / "out"
@@ -141,16 +143,21 @@ async def test_a_run_stopped_by_a_write_failure_says_it_once(write_manifest, tmp
         "--no-progress",
         env=cli_env(None),
     )
-    for _ in range(400):
-        await asyncio.sleep(0.025)
-        if (out / "state.db").exists():
-            store = read_state(out)
-            try:
-                if store.counts()["submitted"] == 2:
-                    break
-            finally:
-                store.close()
-    shutil.rmtree(out / "videos")  # where the clips are to be written, gone before they arrive
-    _, err = await asyncio.wait_for(process.communicate(), 60)
+    try:
+        for _ in range(400):
+            await asyncio.sleep(0.025)
+            with contextlib.suppress(StateError):  # not created yet, or created and not yet written
+                store = read_state(out)
+                try:
+                    if store.counts()["submitted"] == 2:
+                        break
+                finally:
+                    store.close()
+        shutil.rmtree(out / "videos")  # where the clips are to be written, gone before they arrive
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
     text = err.decode()
     assert process.returncode == 2 and text.count("cannot write") == 1, text

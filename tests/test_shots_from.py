@@ -265,7 +265,11 @@ def test_import_prints_a_manifest_that_plans_the_same_jobs(folder: Path) -> None
     rows = _write(folder, "Night Shots.csv", CSV)
     done = run_cli("import", str(rows))
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert done.stdout.startswith("# 7 shots of Night Shots.csv, by `batchgen import`\nversion: 1\nname: night-shots\n")
+    head = done.stdout.split("\n")
+    assert head[0] == "# 7 shots of Night Shots.csv, by `batchgen import`"
+    # its images are the rows file's: the manifest says where it must be saved
+    assert head[1].startswith("# its local images are relative to ") and head[1].endswith("use shots_from: instead)")
+    assert head[2:4] == ["version: 1", "name: night-shots"]
     imported = _write(folder, "imported.yaml", done.stdout)
     assert run_cli("validate", str(imported)).returncode == 0
     _write(folder, "shots.csv", CSV)
