@@ -87,7 +87,8 @@ class RunDir:
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             self.root.chmod(DIR_MODE)
-            for path in (self.videos, self.logs, self.posters, self.inputs):
+            _refuse_link(self.inputs)  # made when a run has local images (report.py), never through a link
+            for path in (self.videos, self.logs, self.posters):
                 _refuse_link(path)
                 path.mkdir(mode=DIR_MODE, exist_ok=True)
                 _refuse_link(path)  # not made a link meanwhile: chmod would follow it
