@@ -164,6 +164,8 @@ def build_event(
         "run": facts.name,
         "text": text,
         "content": text,  # Discord's name for it
+        # Discord pings nobody for text it is sent (a prompt may say @everyone); Slack and Mattermost ignore this
+        "allowed_mentions": {"parse": []},
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
         "counts": dict(facts.counts),
         "total": sum(facts.counts.values()),

@@ -290,6 +290,10 @@ def test_build_event_fields_per_kind() -> None:
     twice = build_event("billed_twice", _facts(), at=0, job_id="a-1")
     assert twice["job"] == {"id": "a-1"} and "exit_code" not in twice and "reason" not in twice
     assert build_event("billed_twice", _facts(), at=0, job_id="a-1", prompt="p")["job"] == {"id": "a-1", "prompt": "p"}
+    # a prompt saying @everyone pings nobody on Discord
+    assert build_event("billed_twice", _facts(), at=0, job_id="a-1", prompt="@everyone")["allowed_mentions"] == {
+        "parse": []
+    }
 
 
 @pytest.mark.parametrize("url", ["http://192.168.1.20:8080/hook", "https://hooks.slack.com/services/T/B/X"])
