@@ -291,7 +291,10 @@ def _read_jsonl(doc: Document, text: str) -> None:
         try:
             value = _JsonLine(scratch, line, number).read((index,))
         except json.JSONDecodeError as exc:
-            doc.problems.append(Problem(doc.file, number, exc.colno, "", f"not JSON: {exc.msg}"))
+            message = f"not JSON: {exc.msg}"
+            if line.lstrip().startswith(("//", "#")):
+                message = "JSON has no comments: remove this line (or keep notes in a field of the shot)"
+            doc.problems.append(Problem(doc.file, number, exc.colno, "", message))
             continue
         start = (number, len(line) - len(line.lstrip()) + 1)
         if not isinstance(value, dict):

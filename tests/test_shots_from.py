@@ -206,7 +206,8 @@ def test_a_jsonl_with_many_errors_reports_every_one_at_its_line_and_column(folde
         '{"id": "c", "prompt": "x", "id": "d"}\n'  # 4
         "\n"  # 5: blank lines are skipped
         '{"id": "a", "prompt": "x", "duration": 99}\n'  # 6
-        '{"id": "e", "prompt": "at {t}", "matrix": {"t": [1]}, "matrix.t": [2]}\n',  # 7
+        '{"id": "e", "prompt": "at {t}", "matrix": {"t": [1]}, "matrix.t": [2]}\n'  # 7
+        "// a note\n",  # 8
     )
     manifest = _write(
         folder, "m.yaml", "version: 1\nname: n\nshots:\n  - {id: own, prompt: a}\nshots_from: shots.jsonl\n"
@@ -219,6 +220,7 @@ def test_a_jsonl_with_many_errors_reports_every_one_at_its_line_and_column(folde
         f'{rows}:6:8: shots[3].id: shot id "a" is already used at line 1; shot ids must be unique',
         f'{rows}:6:40: shots[3].duration: "99" is not one of "3".."15"',
         f'{rows}:7:55: "t" is in this line\'s "matrix" too; keep one of them',
+        f"{rows}:8:1: JSON has no comments: remove this line (or keep notes in a field of the shot)",
     ]
 
 
