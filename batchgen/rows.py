@@ -114,6 +114,8 @@ def _read_csv(doc: Document, text: str, types: Mapping[str, str]) -> None:
         doc.problems.append(Problem(doc.file, 1, 1, "", message))
         return
     columns = _columns(header, types, doc)
+    if len(header) == 1 and any(mark in header[0].text for mark in (";", "\t")):
+        return  # another separator: no row can be read (each would only say its "id" is missing)
     for cells in records:
         _add_row(doc, cells, columns, header[0].line)
 

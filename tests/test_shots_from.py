@@ -330,3 +330,11 @@ def test_ten_thousand_rows_validate_in_one_pass(folder: Path) -> None:
     # ~1 s here; a cost that grows with the square of the rows (one was found: 12 s) fails this by far.
     assert time.perf_counter() - started < 6
     assert (len(manifest.shots), len(jobs)) == (10_000, 15_000)
+
+
+def test_a_semicolon_separated_file_is_said_once(folder: Path) -> None:
+    rows = _write(folder, "s.csv", "id;prompt\na;hello\nb;world\n")
+    manifest = _write(folder, "m.yaml", "version: 1\nname: n\nshots_from: s.csv\n")
+    assert _messages(manifest) == [
+        f'{rows}:1:1: unknown column "id;prompt": columns are separated by commas (export comma-separated CSV)'
+    ]
