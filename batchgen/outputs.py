@@ -40,6 +40,7 @@ THUMBNAIL_WIDTH = 320  # an input image's copy in the gallery
 # wide it is a few tens of kB (bench/gallery.py measures it). Clicking a card plays the video itself.
 POSTER_WIDTH = 480
 JPEG_QUALITY = 5  # FFmpeg's MJPEG qscale: 2 is best, 31 worst; 5 is a good-looking thumbnail
+DARK_LUMA = 24  # a poster's mean luma below this is black (video range starts at 16)
 
 
 @dataclass(frozen=True)
@@ -233,15 +234,31 @@ def _seconds(container: Any) -> float:
 
 
 def _write_poster(container: Any, middle_s: float, poster: Path) -> None:
-    """The keyframe at or before ``middle_s``: one frame decoded, not every frame up to the middle."""
+    """The keyframe at or before ``middle_s``: one frame decoded, not every frame up to the middle. A clip that
+    fades in from black and has no keyframe but its first would show black: then the frames after it are decoded,
+    up to the middle, until one shows something."""
     stream = container.streams.video[0]
     stream.codec_context.thread_count = 1
     if middle_s > 0 and stream.time_base:
         container.seek(int(middle_s / stream.time_base), stream=stream, backward=True, any_frame=False)
-    frame = next(container.decode(stream), None)
+    frames = container.decode(stream)
+    frame = next(frames, None)
     if frame is None:
         raise ProtocolError(f"{poster.stem} has no frame to show")
+    while _dark(frame) and stream.time_base and frame.pts is not None and frame.pts * stream.time_base < middle_s:
+        following = next(frames, None)
+        if following is None:
+            break
+        frame = following
     _write_jpeg(frame, *_fit(frame.width, frame.height, POSTER_WIDTH), poster)
+
+
+def _dark(frame: Any) -> bool:
+    """Whether a picture is all but black (the mean of a sample of its luma near the video range's floor)."""
+    if frame.format.name not in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p"):
+        return False
+    luma = bytes(frame.planes[0])[::97]
+    return bool(luma) and sum(luma) / len(luma) < DARK_LUMA
 
 
 def _fit(width: int, height: int, max_width: int) -> tuple[int, int]:

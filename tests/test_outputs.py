@@ -83,3 +83,27 @@ def test_a_real_size_clip_gets_a_thumbnail_poster(tmp_path: Path) -> None:
         frame = next(still.decode(video=0))
     assert (frame.width, frame.height) == (POSTER_WIDTH, 270)
     assert 2_000 < poster.stat().st_size <= 40_000  # a thumbnail, not a 1080p still
+
+
+def test_a_clip_that_fades_in_from_black_gets_a_poster_that_shows_something(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    from batchgen.outputs import _dark, make_poster
+
+    video = tmp_path / "fade.mp4"
+    with av.open(str(video), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.options = {"g": "1000", "keyint_min": "1000", "sc_threshold": "0", "preset": "ultrafast"}
+        for index in range(32):  # 4 s: black for the first 1.5 s, then light; one keyframe, the first
+            frame = av.VideoFrame(320, 180, "yuv420p")
+            for plane, value in zip(frame.planes, (16 if index < 12 else 160, 128, 128), strict=True):
+                plane.update(bytes([value]) * plane.buffer_size)
+            frame.pts, frame.time_base = index, Fraction(1, 8)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    poster = tmp_path / "poster.jpg"
+    make_poster(video, poster)
+    with av.open(str(poster)) as still:
+        frame = next(still.decode(video=0))
+    assert not _dark(frame)
