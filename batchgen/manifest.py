@@ -560,12 +560,12 @@ def _shot_problems(doc: Document, manifest: Manifest, shot: Shot, max_jobs: int)
         ):
             continue  # an unknown model: said once, by `_unknown_models`
         fields, origin, model = _merge(manifest, shot, choices)
-        found, images = _request_problems(doc, manifest, shot, model, fields, origin)
+        found, images, sent = _request_problems(doc, manifest, shot, model, fields, origin)
         problems.extend([*(_naming(found, model) if several else found), *images])
         if found or images:
             continue
         # Compared as sent: one image under two paths (a copy, a link) is one request, bought twice.
-        key = json.dumps([model.slug, _with_images(manifest, model, fields)[0]], sort_keys=True)
+        key = json.dumps([model.slug, sent], sort_keys=True)
         if key in seen:
             message = "two matrix combinations give the same request (the same image counts once); remove one"
             problems.append(doc.problem(("shots", shot.index, "matrix"), message))
@@ -633,9 +633,9 @@ def _template_problems(doc: Document, manifest: Manifest, shot: Shot) -> list[Pr
 
 def _request_problems(
     doc: Document, manifest: Manifest, shot: Shot, model: Model, fields: dict[str, Any], origin: dict[str, Path_]
-) -> tuple[list[Problem], list[Problem]]:
-    """The problems of one combination's request against its model; and those of its local images (the same for
-    every model, so said once)."""
+) -> tuple[list[Problem], list[Problem], dict[str, Any]]:
+    """The problems of one combination's request against its model; those of its local images (the same for every
+    model, so said once); and the request as it is sent (local images as their references)."""
 
     def place(path: Path_) -> Path_:
         base = origin.get(str(path[0]), ("shots", shot.index)) if path else ("shots", shot.index)
@@ -656,15 +656,19 @@ def _request_problems(
         problems.append(doc.problem(origin[name], message, key=True))
     known = {name: value for name, value in fields.items() if name in model.request_fields}
     problems.extend(schema_problems(_request_validator(model.slug), known, locate))
-    _, bad_images = _with_images(manifest, model, known)
+    sent, bad_images = _with_images(manifest, model, known)
     images = [doc.problem(place(slot), message) for slot, message in bad_images]
     if problems:
-        return problems, images
-    return [
-        *_segment_problems(doc, model, known, origin),
-        *_voice_problems(doc, known, origin),
-        *_element_problems(doc, model, known, origin),
-    ], images
+        return problems, images, sent
+    return (
+        [
+            *_segment_problems(doc, model, known, origin),
+            *_voice_problems(doc, known, origin),
+            *_element_problems(doc, model, known, origin),
+        ],
+        images,
+        sent,
+    )
 
 
 def _segment_problems(
