@@ -270,14 +270,13 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _images_sent(manifest: Manifest, jobs: list[Job]) -> dict[str, str]:
     """Per job that sends a first-frame image: the image's file name, or its URL's."""
-    from batchgen.images import ref_sha
+    from batchgen.images import first_frame, ref_sha
 
     names = {sha: Path(image.path).name for sha, image in manifest.local_images().items()}
     sent = {}
     for job in jobs:
-        field = load_model(job.model).clip.image
-        value = job.payload.get(field) if field else None
-        if isinstance(value, str):
+        value = first_frame(job.payload, load_model(job.model))
+        if value is not None:
             sha = ref_sha(value)
             sent[job.id] = names.get(sha, "a local image") if sha else value.rsplit("/", 1)[-1]
     return sent
@@ -1380,7 +1379,9 @@ async def _gallery_server(root: Path, host: str, port: int) -> AsyncIterator[str
         raise UsageError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}): give another address or port"
         ) from None
-    if not _is_loopback_host(host):
+    from batchgen.launch import is_loopback
+
+    if not is_loopback(host):
         say("warning", f"the gallery is served to the network on {host}: anyone who reaches it sees the prompts")
         if host in ("0.0.0.0", "::"):
             url += f" (from this machine: http://127.0.0.1:{url.rstrip('/').rsplit(':', 1)[1]}/)"
@@ -1388,15 +1389,6 @@ async def _gallery_server(root: Path, host: str, port: int) -> AsyncIterator[str
         yield url
     finally:
         await server.close()
-
-
-def _is_loopback_host(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _add_retry(commands: Any) -> None:

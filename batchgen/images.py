@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchgen.models import image_limit
+from batchgen.models import Model, image_limit
 
 REF_PREFIX = "image:sha256:"
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -103,6 +103,12 @@ def picture_size(data: bytes) -> tuple[int, int] | None:
 
 def _mb(size: int) -> str:
     return f"{size / 1_048_576:.1f} MB"
+
+
+def first_frame(payload: Mapping[str, Any], model: Model) -> str | None:
+    """What a payload names as its first-frame image (a URL, or a local image's reference), if anything."""
+    value = payload.get(model.clip.image) if model.clip.image else None
+    return value if isinstance(value, str) else None
 
 
 def ref_sha(value: Any) -> str | None:

@@ -102,14 +102,15 @@ def check_base_url(base_url: str, allow_insecure_http: bool, what: str = "the ba
         ) from None
     if url.scheme not in ("http", "https") or not host:
         raise UsageError(f"{what} {base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
-    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
+    if url.scheme == "http" and not allow_insecure_http and not is_loopback(host):
         raise UsageError(
             f"{what} {base_url} is plain http to another machine: the key would travel in clear text; "
             "use https, or pass --allow-insecure-http if you really mean it"
         )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

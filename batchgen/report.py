@@ -17,7 +17,7 @@ from batchgen import __version__
 from batchgen.budget import Budget
 from batchgen.errors import BatchgenError
 from batchgen.gallery import GALLERY_VERSION, ROW_KEYS, compact, gallery_html, gallery_row, header, ordered
-from batchgen.images import ref_sha
+from batchgen.images import first_frame, ref_sha
 from batchgen.models import known_models, load_model
 from batchgen.outputs import RunDir, make_poster, make_thumbnail, write_text
 from batchgen.pricing import format_dollars, usd
@@ -308,8 +308,7 @@ def _input_copies(store: Store, run_dir: RunDir, *, writing: bool) -> dict[str, 
 
 def _input_image(job: JobRow, copies: dict[str, str]) -> str | None:
     """What the gallery shows as a job's input: its first-frame image (a local image's copy, or the URL)."""
-    field = load_model(job.model).clip.image if job.model in known_models() else None
-    value = job.payload.get(field) if field else None
+    value = first_frame(job.payload, load_model(job.model)) if job.model in known_models() else None
     sha = ref_sha(value)
     if sha is not None:
         return copies.get(sha)

@@ -60,7 +60,7 @@ from multidict import CIMultiDict
 
 from batchgen.canonical import content_hash
 from batchgen.errors import UsageError
-from batchgen.images import EXTENSIONS, image_slots, sniff
+from batchgen.images import EXTENSIONS, first_frame, image_slots, sniff
 from batchgen.models import Model, known_models, load_model
 from batchgen.pricing import clip_spec, estimate_micros, micros, usd
 from batchgen.simulator import DEFAULT_KEY
@@ -644,8 +644,7 @@ class Simulator:
         spec = clip_spec(generation.payload, model)
         # The picture follows the prompt and the request, so that two takes of one prompt differ too.
         palette = palette_of(f"{generation.payload.get('prompt')}:{generation.request_id}")
-        first = generation.payload.get(model.clip.image) if model.clip.image else None
-        asset = self.assets.get(_asset_name(first) or "")
+        asset = self.assets.get(_asset_name(first_frame(generation.payload, model)) or "")
         image = asset[0] if asset else None
         return make_clip(spec.seconds, spec.aspect_ratio, spec.audio, palette, image, self.settings.resolution)
 
