@@ -68,9 +68,24 @@ COMMANDS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
             "SEGMIND_API_KEY=… batchgen run night.yaml --budget 25",
             "batchgen run night.yaml --budget 25 --deadline 07:00 --concurrency 8",
             "batchgen run night.yaml --budget 25 --notify https://hooks.slack.com/services/T0/B0/XXXX",
+            "batchgen run night.yaml --state postgresql://batchgen:…@db.studio.lan/batchgen  (on each machine)",
         ),
     ),
-    "status": ((0, 2), ("batchgen status manifests/demo.yaml", "batchgen status --out output/demo --json")),
+    "status": (
+        (0, 2),
+        (
+            "batchgen status manifests/demo.yaml",
+            "batchgen status --out output/demo --json",
+            "batchgen status --state postgresql://batchgen:…@db.studio.lan/batchgen",
+        ),
+    ),
+    "account": (
+        (0, 2),
+        (
+            "batchgen account budget 250 --per week --state postgresql://batchgen:…@db.studio.lan/batchgen",
+            "BATCHGEN_STATE_URL=postgresql://… batchgen account budget off",
+        ),
+    ),
     "report": ((0, 2), ("batchgen report manifests/demo.yaml", "batchgen report --out output/demo --full")),
     "serve": (
         (0, 2),
@@ -177,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(commands)
     _add_run(commands)
     _add_status(commands)
+    _add_account(commands)
     _add_report(commands)
     _add_serve(commands)
     _add_reconcile(commands)
@@ -683,6 +699,15 @@ def _add_run(commands: Any) -> None:
         help="let the event of a job possibly billed twice carry its prompt (otherwise no prompt text is sent)",
     )
     command.add_argument("--no-notify", action="store_true", help="notify nobody, not even the manifest's notify: URLs")
+    _add_state(command)
+    command.add_argument(
+        "--lease-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="with --state: a worker not heard from for S seconds is gone, and the others take its jobs in flight over "
+        "(by request id, never paid again; default 60, at least 3)",
+    )
     _add_max_jobs(command)
 
 
@@ -691,7 +716,14 @@ def _run(args: argparse.Namespace) -> int:
 
     from batchgen.launch import load_run_manifest, open_run, run_root
 
-    loaded = load_run_manifest(args.manifest, args.max_jobs, args.out)
+    shared = _shared_reader(args)
+    if shared is not None and args.serve:
+        raise UsageError(
+            "--serve reads the run directory's own state.db: with --state, `batchgen report` writes the gallery"
+        )
+    if args.lease_s < 3:
+        raise UsageError("--lease-s must be at least 3 (a worker says it is alive every sixth of it)")
+    loaded = load_run_manifest(args.manifest, args.max_jobs, args.out, shared=shared is not None)
     manifest = loaded.manifest
     settings = _run_settings(args, manifest)
     target = None if args.simulate else _target(args, manifest)
@@ -699,7 +731,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.serve:
         _check_listen(args.serve_host, args.serve_port)
     root = run_root(manifest.name, args.out)
-    with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest) as (run_dir, store):
+    if shared is not None:
+        from batchgen.account import account_id
+
+        key = DEFAULT_KEY if target is None else target.api_key
+        shared = dataclasses.replace(shared, account=account_id(key), lease_s=args.lease_s, alone=args.simulate)
+        settings = dataclasses.replace(settings, heartbeat_s=args.lease_s / 6)
+    with open_run(root, manifest, loaded.jobs, settings.budget_micros, loaded.digest, shared) as (run_dir, store):
         progress = Progress(
             store.manifest_job_count(),
             settings.budget_micros,
@@ -1059,6 +1097,24 @@ def _print_result(result: RunResult, root: Path, *, stop_said: bool, twice: int)
 def _add_target(command: argparse.ArgumentParser) -> None:
     command.add_argument("manifest", nargs="?", metavar="MANIFEST", help="the manifest of the run")
     command.add_argument("--out", metavar="DIR", help="the run directory (instead of MANIFEST)")
+    _add_state(command)
+
+
+def _add_state(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--state",
+        metavar="URL",
+        help="the state in PostgreSQL, shared by a team's runs and workers: postgresql://USER:PASSWORD@HOST/DB "
+        "(default $BATCHGEN_STATE_URL; without either, the run directory's state.db)",
+    )
+
+
+def _shared_reader(args: argparse.Namespace) -> Any:
+    """The PostgreSQL state the flags or the environment name (``SharedState``), or ``None``."""
+    from batchgen.launch import SharedState, state_url
+
+    url = state_url(args.state, os.environ)
+    return None if url is None else SharedState(url)
 
 
 def _root_of(args: argparse.Namespace) -> Path:
@@ -1082,6 +1138,9 @@ def _status(args: argparse.Namespace) -> int:
     from batchgen.launch import open_state
     from batchgen.report import status_data, status_text
 
+    shared = _shared_reader(args)
+    if shared is not None and not args.manifest and not args.out:
+        return _account_status(args, shared.url)
     root = _root_of(args)
     if args.html:
         page = root / "index.html"
@@ -1089,9 +1148,96 @@ def _status(args: argparse.Namespace) -> int:
             raise UsageError(f"no gallery in {root} yet: `batchgen report --out {root}` writes it")
         print(page.resolve())
         return int(ExitCode.OK)
-    with open_state(root) as (_, store):
+    with open_state(root, shared=shared) as (_, store):
         data = status_data(store)
     print(json.dumps(data, indent=2) if args.json else status_text(data))
+    return int(ExitCode.OK)
+
+
+def _add_account(commands: Any) -> None:
+    command = _add_command(
+        commands,
+        "account",
+        "the budget every run on one API key shares, in a PostgreSQL state (batchgen status --state shows it)",
+        _account,
+    )
+    command.add_argument("what", choices=["budget"], help="what to set: the account's budget")
+    command.add_argument("amount", metavar="USD|off", help="the cap in dollars, or 'off' for none")
+    command.add_argument(
+        "--per",
+        choices=["day", "week", "month"],
+        help="a cap for each day, week (from Monday) or month, UTC (default: a fixed total)",
+    )
+    _add_state(command)
+    command.add_argument(
+        "--api-key-env", default=KEY_ENV, metavar="NAME", help="the environment variable holding the account's key"
+    )
+    command.add_argument("--simulate", action="store_true", help="the account of the built-in simulator's key")
+
+
+def _account(args: argparse.Namespace) -> int:
+    from batchgen.account import account_id
+    from batchgen.pgstore import set_budget
+
+    shared = _shared_reader(args)
+    if shared is None:
+        raise UsageError(
+            "an account's budget lives in a shared state: pass --state postgresql://… or set BATCHGEN_STATE_URL"
+        )
+    if args.amount == "off":
+        cap = None
+    else:
+        try:
+            dollars = float(args.amount)
+        except ValueError:
+            raise UsageError(f"budget {args.amount!r}: write an amount in dollars (e.g. 250) or 'off'") from None
+        if not dollars > 0 or dollars == float("inf"):
+            raise UsageError("the account's budget must be more than 0 dollars (or 'off')")
+        cap = micros(dollars)
+    key = DEFAULT_KEY if args.simulate else os.environ.get(args.api_key_env, "").strip()
+    if not key:
+        raise UsageError(f"no API key: the account is named by its key; set {args.api_key_env} (or pass --simulate)")
+    account = account_id(key)
+    ledger = set_budget(shared.url, account, cap, args.per if cap is not None else None)
+    left = ledger.left_micros()
+    print(
+        f"account {account}: budget {ledger.describe_cap() if cap is not None else 'off'}; spent "
+        f"{format_usd(ledger.spent_micros)}, reserved {format_usd(ledger.reserved_micros)}"
+        + ("" if left is None else f", {format_usd(max(0, left))} left")
+    )
+    return int(ExitCode.OK)
+
+
+def _account_status(args: argparse.Namespace, url: str) -> int:
+    """Every run of the state (of the account, when its key is set): jobs, money, workers and the shared pace."""
+    from batchgen.account import account_id
+    from batchgen.pgstore import account_overview, shown_url
+
+    key = os.environ.get(KEY_ENV, "").strip()
+    data = account_overview(url, account_id(key) if key else None)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return int(ExitCode.OK)
+    print(f"state {shown_url(url)}: {len(data['runs'])} run(s)")
+    for account in data["accounts"]:
+        budget = account["budget"] or "no account budget"
+        left = "" if account["left_usd"] is None else f", {format_dollars(account['left_usd'])} left"
+        paused = f", paused for {account['paused_for_s']:.0f} s more" if account["paused_for_s"] > 0 else ""
+        print(
+            f"account {account['account']}: {budget}; spent {format_dollars(account['spent_usd'])} (possibly billed "
+            f"{format_dollars(account['possibly_billed_usd'])}), reserved {format_dollars(account['reserved_usd'])}"
+            f"{left}; {account['submits_last_minute']} submit(s) in the last minute{paused}"
+        )
+    for run in data["runs"]:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(run["counts"].items()) if n) or "no jobs"
+        budget = "" if run["budget_usd"] is None else f" of {format_dollars(run['budget_usd'])}"
+        print(f"run {run['run']}: {counts}; spent {format_dollars(run['spent_usd'])}{budget}")
+        for worker in run["workers"]:
+            alive = "alive" if worker["alive"] else "silent past its lease"
+            print(
+                f"  worker {worker['host']} pid {worker['pid']} ({worker['directory']}): heard from "
+                f"{worker['heard_from_s_ago']:.0f} s ago, {alive}, {worker['in_flight']} in flight"
+            )
     return int(ExitCode.OK)
 
 
@@ -1179,7 +1325,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     from batchgen.reconcile import reconcile, reconcile_text
 
     root = _root_of(args)
-    with open_state(root) as (run_dir, store):
+    with open_state(root, shared=_shared_reader(args)) as (run_dir, store):
         manifest = _run_manifest(args, store)
 
         async def compare() -> dict[str, Any]:
@@ -1218,7 +1364,7 @@ def _verify(args: argparse.Namespace) -> int:
     from batchgen.verify import video_problem
 
     root = _root_of(args)
-    with open_state(root, write=args.repair) as (run_dir, store):
+    with open_state(root, write=args.repair, shared=_shared_reader(args)) as (run_dir, store):
         videos = store.done_videos()
         bad = {video.job_id: problem for video in videos if (problem := video_problem(run_dir.root, video))}
         for job in store.jobs(["downloading"]):  # a repair (or a run) that did not finish: not whole either
@@ -1288,10 +1434,14 @@ def _report(args: argparse.Namespace) -> int:
     from batchgen.report import write_report
 
     root = _root_of(args)
-    with open_state(root, write=True) as (run_dir, store):
+    with open_state(root, write=True, shared=_shared_reader(args)) as (run_dir, store):
         run_dir.prepare()
         summary = write_report(store, run_dir, full=args.full)
+        places = store.places() if store.shared else {}
     print(f"{root / 'index.html'}: {summary['total']} jobs; summary in {root / 'summary.json'}")
+    if places:  # workers of a shared state: each clip is where its worker placed it (summary.json: placed_on)
+        for place, count in sorted(places.items(), key=lambda item: str(item[0])):
+            print(f"  {count} clip{'s' * (count != 1)} on {place or 'an unrecorded machine (an older batchgen)'}")
     return int(ExitCode.OK)
 
 
@@ -1347,6 +1497,11 @@ def _serve_gallery(args: argparse.Namespace) -> int:
     import asyncio
 
     root = _root_of(args)
+    if _shared_reader(args) is not None:
+        raise UsageError(
+            "serve reads a run directory's own state.db; a run whose state is in PostgreSQL has its gallery written "
+            "by `batchgen report --state …` (open its index.html)"
+        )
     if not root.is_dir():
         raise UsageError(f"no run directory {root}: run the batch first (or name it with --out)")
     asyncio.run(_serving(root, args.host, args.port))
@@ -1406,7 +1561,7 @@ def _retry(args: argparse.Namespace) -> int:
     from batchgen.launch import open_state
 
     states = [state for state, wanted in (("failed", args.failed), ("lost", args.lost)) if wanted] or ["failed"]
-    with open_state(_root_of(args), write=True) as (_, store):
+    with open_state(_root_of(args), write=True, shared=_shared_reader(args)) as (_, store):
         ids = store.requeue(states, time.time())
     line = f"{len(ids)} {' and '.join(states)} job{'s' * (len(ids) != 1)} back in line"
     print(f"{line}: `batchgen run` with the run's manifest tries {'it' if len(ids) == 1 else 'them'} again")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import json
 import os
 import socket
 import time
@@ -26,12 +27,12 @@ from yarl import URL
 
 from batchgen import __version__
 from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL, DEFAULT_UPLOAD_URL
-from batchgen.errors import StateError, UsageError
+from batchgen.errors import RunLockedError, StateError, UsageError
 from batchgen.images import LocalImage
 from batchgen.jobs import Job, expand
 from batchgen.manifest import Manifest, load_manifest, manifest_from_data
 from batchgen.models import load_model
-from batchgen.outputs import RunDir, RunLock
+from batchgen.outputs import RunDir, RunLock, write_text
 from batchgen.pricing import estimate_micros, price_class
 from batchgen.store import ImageRow, Owner, Store
 from batchgen.yamlsource import parse_document, read_source
@@ -129,7 +130,7 @@ class RunManifest:
     digest: str
 
 
-def load_run_manifest(path: str, max_jobs: int, out: str | None) -> RunManifest:
+def load_run_manifest(path: str, max_jobs: int, out: str | None, *, shared: bool = False) -> RunManifest:
     """The manifest of ``batchgen run``, validated and expanded, unless its run directory already holds its jobs.
 
     The state keeps the digest of the manifest bytes, the job limit, this version and its schemas, with the
@@ -137,7 +138,7 @@ def load_run_manifest(path: str, max_jobs: int, out: str | None) -> RunManifest:
     from (local images, the ``shots_from`` file): when they match, the manifest is rebuilt from that document and
     its jobs are the state's,
     so a resumed 100,000-job run starts without checking and expanding every job again (without ``--out`` the file
-    is parsed for its name first).
+    is parsed for its name first). A ``shared`` state (PostgreSQL) is not looked in: its jobs are made every time.
     """
     raw = read_source(path)
     digest = manifest_digest(raw, max_jobs)
@@ -147,7 +148,7 @@ def load_run_manifest(path: str, max_jobs: int, out: str | None) -> RunManifest:
         doc = parse_document(raw, path)  # for the name; a broken file fails here as it would below
         name = doc.data.get("name")
         root = run_root(name, None) if isinstance(name, str) and name else None
-    known = None if root is None else _known_manifest(root, digest, path)
+    known = None if root is None or shared else _known_manifest(root, digest, path)
     if known is not None:
         return RunManifest(known, None, digest)
     manifest = load_manifest(path, max_jobs=max_jobs, document=doc or parse_document(raw, path))
@@ -230,20 +231,87 @@ def files_unchanged(stamps: Any) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class SharedState:
+    """A PostgreSQL state: its URL, the account its runs spend from (a hash of the key), and a worker's lease."""
+
+    url: str
+    account: str | None = None
+    lease_s: float = OWNER_STALE_S
+    alone: bool = False  # a worker with a simulator of its own (--simulate): the others could not poll its requests
+
+
+STATE_LINK = "state.link"  # in a run directory whose state is in PostgreSQL: where (no password), for readers
+
+
+def state_url(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """The PostgreSQL state to use: ``--state``, else ``$BATCHGEN_STATE_URL``; ``None``: the run directory's file."""
+    from batchgen.pgstore import URL_ENV, check_state_url
+
+    url = flag or environ.get(URL_ENV) or None
+    return None if url is None else check_state_url(url)
+
+
+def _open_shared(run_dir: RunDir, shared: SharedState, *, readonly: bool = False) -> Store:
+    from batchgen.pgstore import PgStore, shown_url
+
+    store = PgStore.connect(shared.url, run_dir.root.name, run_dir.root, account=shared.account, readonly=readonly)
+    store.lease_s = shared.lease_s
+    if not readonly:
+        link = {"state": shown_url(shared.url), "run": run_dir.root.name}
+        write_text(run_dir.root / STATE_LINK, json.dumps(link) + "\n")
+    return store
+
+
+def _refuse_other_manifest(store: Store, digest: str | None) -> None:
+    """Workers of one run share its jobs: one that brings another manifest (or another version of it) while others
+    run would take their jobs out of the run; it is refused."""
+    live: list[Any] = getattr(store, "live_workers", list)()
+    known = store.get_meta("manifest_digest")
+    if live and digest is not None and known is not None and known != digest:
+        hosts = ", ".join(sorted({f"{worker.host} (pid {worker.pid})" for worker in live}))
+        raise RunLockedError(
+            f"the workers running {store.where} ({hosts}) run another version of its manifest: run the same "
+            "manifest, or give this one another run name (--out)"
+        )
+
+
+def _refuse_company(store: Store, alone: bool) -> None:
+    """A worker that runs a simulator of its own (``--simulate``) works alone: another worker could neither poll its
+    requests nor find them in its request history."""
+    live: list[Any] = getattr(store, "live_workers", list)()
+    if alone and live:
+        raise RunLockedError(
+            f"--simulate runs a simulator of its own, and {store.where} has other workers: to try several workers, "
+            "run `batchgen simulate` once and point every worker at it (SEGMIND_BASE_URL, SEGMIND_API_KEY)"
+        )
+
+
 @contextmanager
 def open_run(
-    root: Path, manifest: Manifest, jobs: list[Job] | None, budget_micros: int | None, digest: str | None = None
+    root: Path,
+    manifest: Manifest,
+    jobs: list[Job] | None,
+    budget_micros: int | None,
+    digest: str | None = None,
+    shared: SharedState | None = None,
 ) -> Iterator[tuple[RunDir, Store]]:
     """The run directory created and locked, its state opened and reconciled with the manifest's jobs (``None``:
-    the state holds them already); with ``digest``, the state remembers what its jobs were made from."""
+    the state holds them already); with ``digest``, the state remembers what its jobs were made from. With
+    ``shared``, the state is in PostgreSQL, and this process is one of the run's workers (no lock file: the
+    database says who holds what)."""
     run_dir = RunDir(root)
     run_dir.prepare()
-    lock = RunLock(run_dir)
-    lock.acquire()
+    lock = RunLock(run_dir) if shared is None else None
+    if lock is not None:
+        lock.acquire()
     try:
-        store = Store.open(run_dir.state)
+        store = Store.open(run_dir.state) if shared is None else _open_shared(run_dir, shared)
         try:
             claim(store)
+            _refuse_other_manifest(store, digest)
+            if shared is not None:
+                _refuse_company(store, shared.alone)
             now = time.time()
             if jobs is None:
                 store.requeue_skipped(now)
@@ -271,7 +339,8 @@ def open_run(
         finally:
             _let_go(store)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _let_go(store: Store) -> None:
@@ -309,16 +378,26 @@ def owner_is_live(owner: Owner, now: float | None = None) -> bool:
 
 
 @contextmanager
-def open_state(root: Path, *, write: bool = False) -> Iterator[tuple[RunDir, Store]]:
-    """An existing run's state: read-only without the lock (a run may be going), or locked for a change."""
+def open_state(root: Path, *, write: bool = False, shared: SharedState | None = None) -> Iterator[tuple[RunDir, Store]]:
+    """An existing run's state: read-only without the lock (a run may be going), or locked for a change (``shared``:
+    the run of that name in PostgreSQL, joined as a worker for a change)."""
     run_dir = RunDir(root)
-    if not run_dir.state.exists():
+    if shared is None and not run_dir.state.exists():
+        link = root / STATE_LINK
+        if link.exists():
+            where = json.loads(link.read_text(encoding="utf-8")).get("state", "PostgreSQL")
+            raise UsageError(
+                f"the state of {root} is in PostgreSQL ({where}): pass --state postgresql://… or set BATCHGEN_STATE_URL"
+            )
         raise UsageError(f"no run in {root}: there is no {run_dir.state.name} (run `batchgen run` first)")
-    lock = RunLock(run_dir) if write else None
+    lock = RunLock(run_dir) if write and shared is None else None
     if lock is not None:
         lock.acquire()
     try:
-        store = Store.open(run_dir.state, readonly=not write)
+        if shared is None:
+            store = Store.open(run_dir.state, readonly=not write)
+        else:
+            store = _open_shared(run_dir, shared, readonly=not write)
         try:
             if write:
                 claim(store)

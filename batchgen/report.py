@@ -61,7 +61,39 @@ def status_data(store: Store) -> dict[str, Any]:
         "last_run": store.get_meta("last_run"),
         "charged_above_estimate": _above_estimate(store),
         "not_in_manifest": [{"job": job_id, "state": state} for job_id, state in gone],
+        **_shared_status(store),
     }
+
+
+def _shared_status(store: Store) -> dict[str, Any]:
+    """A shared state's workers (each with its heartbeat's age) and its account's ledger and pace."""
+    if not store.shared:
+        return {}
+    now = store.db_now()
+    workers = [
+        {
+            "host": worker.host,
+            "pid": worker.pid,
+            "directory": worker.place.split(":", 1)[-1],
+            "heard_from_s_ago": round(now - worker.heartbeat_at, 1),
+            "alive": now - worker.heartbeat_at <= worker.lease_s,
+        }
+        for worker in store.workers()
+    ]
+    ledger = store.account_money()
+    account = None
+    if ledger is not None:
+        submits, paused = store.pace()
+        left = ledger.left_micros()
+        account = {
+            "budget": None if ledger.cap_micros is None else ledger.describe_cap(),
+            "spent_usd": usd(ledger.spent_micros),
+            "reserved_usd": usd(ledger.reserved_micros),
+            "left_usd": None if left is None else usd(left),
+            "submits_last_minute": submits,
+            "paused_for_s": round(paused, 1),
+        }
+    return {"workers": workers, "account": account}
 
 
 def _above_estimate(store: Store) -> dict[str, Any]:
@@ -99,6 +131,21 @@ def status_text(data: dict[str, Any]) -> str:
     else:
         left, budget = format_dollars(money["left_usd"]), format_dollars(money["budget_usd"])
         lines.append(f"money: {spent} spent{maybe}{reserved}, {left} left of {budget}")
+    account = data.get("account")
+    if account:
+        budget = account["budget"] or "no budget"
+        left = "" if account["left_usd"] is None else f", {format_dollars(account['left_usd'])} left"
+        lines.append(
+            f"account: {budget}; {format_dollars(account['spent_usd'])} spent by all its runs{left}; "
+            f"{account['submits_last_minute']} submit(s) in the last minute"
+            + (f", paused for {account['paused_for_s']:.0f} s" if account["paused_for_s"] else "")
+        )
+    for worker in data.get("workers", []):
+        alive = "alive" if worker["alive"] else "silent past its lease"
+        lines.append(
+            f"  worker  {worker['host']} pid {worker['pid']} ({worker['directory']}): heard from "
+            f"{worker['heard_from_s_ago']:.0f} s ago, {alive}"
+        )
     for row in data["in_flight"]:
         problem = f"  (last problem: {row['last_problem']})" if row["last_problem"] else ""
         lines.append(f"  in flight  {row['job']}  {row['state']}  request {row['request_id'] or '-'}{problem}")
@@ -126,7 +173,7 @@ def status_text(data: dict[str, Any]) -> str:
 
 # --- the morning-after view: summary.json and index.html ------------------------------------------------------
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: each job says where its video was placed (``placed_on``: ``host:run directory``)
 CACHE_NAME = ".report-cache.json"
 ETA_WINDOW_S = 600.0  # the ETA follows the pace of the last ten minutes
 
@@ -350,5 +397,6 @@ def _summary_entry(
         "request_id": job.request_id,
         "possibly_billed_twice": job.possibly_billed_twice,
         "video": job.video_path,
+        "placed_on": job.placed_on,  # the machine and run directory holding the video (workers of a shared state)
         "poster": poster,
     }

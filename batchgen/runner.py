@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
@@ -230,6 +230,32 @@ class RateGate:
         self.paused_until = max(self.paused_until, until)
 
 
+class _PaceStore(Protocol):
+    def take_submit(self, rpm: int) -> float: ...
+
+    def pause_submits(self, seconds: float) -> None: ...
+
+
+class SharedPace(RateGate):
+    """The account's pace, kept in a shared state: at most ``rpm`` submits in any 60 s by this run and every other
+    run of the account together, and a 429's pause for all of them."""
+
+    def __init__(self, store: _PaceStore, rpm: int, clock: Callable[[], float]) -> None:
+        super().__init__(rpm, clock)
+        self.store = store
+
+    async def acquire(self) -> None:
+        while True:
+            wait = self.store.take_submit(self.rpm)
+            if wait <= 0:
+                return
+            await asyncio.sleep(min(wait, RATE_WINDOW_S))
+
+    def pause(self, until: float) -> None:
+        super().pause(until)
+        self.store.pause_submits(until - self.clock())
+
+
 class Runner:
     """Runs the jobs of one run directory to the end, or to a clean stop."""
 
@@ -253,7 +279,10 @@ class Runner:
         self.clock = clock
         self.random = random.Random(settings.seed)
         self.slots = Slots(settings.concurrency)
-        self.rate = RateGate(settings.rpm, clock)
+        shared_pace = store.shared and getattr(store, "account", None) is not None
+        self.rate = (
+            SharedPace(cast(_PaceStore, store), settings.rpm, clock) if shared_pace else RateGate(settings.rpm, clock)
+        )
         self.stop = _Stop()
         self.posting: set[str] = set()
         self.watching: dict[str, JobRow] = {}
@@ -294,7 +323,8 @@ class Runner:
             self._resume()
             await self._continue_downloads()
             for job in self.store.jobs(["lost"]):
-                await self._from_history(job.id)
+                if self.store.mine(job):
+                    await self._from_history(job.id)
             if self.settings.check_credits and self.settings.submit:
                 await self._check_credits()
             workers = [asyncio.create_task(self._download_loop()) for _ in range(self.settings.downloaders)]
@@ -356,6 +386,37 @@ class Runner:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             self.store.heartbeat(self.clock())
+            if self.store.shared:
+                await self._take_over()
+
+    async def _take_over(self) -> None:
+        """Jobs in flight of workers gone (their lease ran out): this worker carries them on as a resume would."""
+        now = self.clock()
+        taken = self.store.take_over(now)
+        if not taken:
+            return
+        self._event("warning", None, f"! took over {len(taken)} job(s) in flight from a worker that is gone")
+        self._recover(now, [job.id for job in taken if job.state == "submitting"])
+        for job in taken:
+            if job.state == "submitted":
+                self._reattach(job, now)
+            elif job.state == "downloading" and not (
+                self.run_dir.video(job.id).exists() and await self._adopt_placed(job)
+            ):
+                await self._download_again(job)
+        self._notify()
+
+    def _recover(self, now: float, job_ids: list[str]) -> None:
+        for job_id in self.store.recover(now, job_ids):
+            self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
+            self._write_job_log(job_id)
+
+    def _reattach(self, job: JobRow, now: float) -> None:
+        if job.id in self.watching:
+            return
+        self._watch(job, now)
+        self.slots.take()
+        self._event("info", job.id, f"↻ re-attached to request {job.request_id}")
 
     def _resume(self) -> None:
         """Invariant 4: restart is just reading the state."""
@@ -365,16 +426,15 @@ class Runner:
             self._event(
                 "warning", None, f"! took over this directory from a run that is gone ({previous.describe(now)})"
             )
-        for job_id in self.store.recover(now):
-            self._event("ambiguous", job_id, "? stopped between the submit and its answer: possibly billed")
-            self._write_job_log(job_id)
-        self._adopt_from_journal(now)
-        self.run_dir.remove_stale_parts()
-        self._refresh_logs()
+        taken = self.store.take_over(now)  # every job in flight, or a shared state's of workers gone
+        self._recover(now, [job.id for job in taken if job.state == "submitting"])
+        if not self.store.shared:  # other workers' downloads and requests are theirs: only a lone owner's are here
+            self._adopt_from_journal(now)
+            self.run_dir.remove_stale_parts()
+            self._refresh_logs()
         for job in self.store.jobs(["submitted"]):
-            self._watch(job, now)
-            self.slots.take()
-            self._event("info", job.id, f"↻ re-attached to request {job.request_id}")
+            if self.store.mine(job):
+                self._reattach(job, now)
 
     def _adopt_from_journal(self, now: float) -> None:
         """Requests ``run.log`` names that the state does not know: it lost rows (a damaged WAL, a restored copy). A
@@ -410,6 +470,8 @@ class Runner:
 
     def _journal_read(self) -> None:
         """The state knows every request this run logged: the next start reads the log from here."""
+        if self.store.shared:
+            return
         with contextlib.suppress(OSError, StateError):
             self.store.set_meta(run_log_offset=self.run_dir.run_log.stat().st_size)
 
@@ -417,6 +479,8 @@ class Runner:
         """Paid clips a stop caught between the provider and ``done``: placed already (a stop between the rename and
         the state), to download again (v2), or lost unless the request history has them (a v1 answer)."""
         for job in self.store.jobs(["downloading"]):
+            if not self.store.mine(job):
+                continue
             if self.run_dir.video(job.id).exists() and await self._adopt_placed(job):
                 continue
             await self._download_again(job)
@@ -435,7 +499,7 @@ class Runner:
         """Every done job's video still there, of its recorded size (a cheap look, not a hash: ``batchgen verify``
         reads them whole); one missing or changed is downloaded again, never paid again. Beside the first submits:
         the look at 100,000 files (~0.5 s) runs in a thread."""
-        problems = await _in_thread(find_bad_videos, self.store.path, self.run_dir.root)
+        problems = await _in_thread(find_bad_videos, self.store.reopen, self.run_dir.root)
         for video, problem in problems:
             with contextlib.suppress(OSError):
                 self.run_dir.video(video.job_id).unlink(missing_ok=True)
@@ -527,9 +591,13 @@ class Runner:
             held = self._held_classes()
             job = self.store.next_pending(self.clock(), held=held)
             if job is None:
-                if not self._busy() and self.store.earliest_pending() is None:
+                if not self._busy() and self.store.earliest_pending() is None and not self.store.others_busy():
                     return
-                await self._wait_for_change(self.store.earliest_pending(held=held))
+                until = self.store.earliest_pending(held=held)
+                if self.store.shared:  # other workers change the run too (and may go): look again every heartbeat
+                    beat = self.clock() + self.settings.heartbeat_s
+                    until = beat if until is None else min(until, beat)
+                await self._wait_for_change(until)
                 continue
             ambiguous = self.store.unresolved_ambiguous(job.id) if self.client.history_url else None
             if ambiguous is not None and not await self._resolve_ambiguous(job, ambiguous):
@@ -651,9 +719,14 @@ class Runner:
         in flight (or possibly billed and not yet found), every such class waits, so that one clip at most is ever
         bought at a price nobody has seen (invariant 9; the table may be wrong: a manifest's ``pricing:``, a price
         change since an earlier run). Without a budget there is no cap to keep, and nothing waits."""
-        if self.budget.cap_micros is None:
+        if self.budget.cap_micros is None and not self.store.shared:  # a shared state may have an account's cap
             return []
         unconfirmed = self.store.classes_in_flight() - self._confirmed
+        if unconfirmed and self.store.shared:  # what the provider told the other workers since this one began
+            for price_class, cost in self.store.prices_seen(since=self._started_at).items():
+                self._prices[price_class] = max(cost, self._prices.get(price_class, 0))
+                self._confirmed.add(price_class)
+            unconfirmed -= self._confirmed
         if not unconfirmed:
             return []
         return sorted(self.store.pending_classes() - self._confirmed)
@@ -703,7 +776,7 @@ class Runner:
             raise
         if attempt is None:
             await self.slots.release()
-            await self._over_budget(job, reservation)
+            await self._over_budget(job, reservation, self.store.refusal)
             return
         self._say_billed_twice(job)
         self._event("submit", job.id, f"→ submit (attempt {job.attempts_used + 1})")
@@ -726,14 +799,14 @@ class Runner:
                 "? submitted again while an earlier attempt may have been billed: possibly billed twice",
             )
 
-    async def _over_budget(self, job: JobRow, reservation: int) -> None:
+    async def _over_budget(self, job: JobRow, reservation: int, refusal: str | None = None) -> None:
         money = self.store.money()
         if money.reserved_micros and self.budget.fits(Money(money.spent_micros, 0), reservation):
             # It may fit once an attempt in flight releases its reservation: wait for one to end, then ask again.
             await self._wait_for_change(None)
             return
         left = self.budget.left_micros(money) or 0
-        reason = f"over budget: needs {format_usd(reservation)}, {format_usd(max(0, left))} left"
+        reason = refusal or f"over budget: needs {format_usd(reservation)}, {format_usd(max(0, left))} left"
         self.store.mark_skipped(job.id, reason, self.clock())
         self.budget_skips += 1
         self._event("skipped", job.id, f"- skipped: {reason}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchgen.account import AccountMoney
 from batchgen.canonical import canonical_json, content_hash
 from batchgen.errors import RunLockedError, StateError
 from batchgen.jobs import Job
@@ -79,6 +80,8 @@ class JobRow:
     open_attempt: int | None
     updated_at: float
     price_class: str
+    worker: str | None = None  # the worker holding it in flight (its lease), by token
+    placed_on: str | None = None  # where its video was placed: ``host:run directory``
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,13 @@ def m006_images(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m007_workers(db: sqlite3.Connection) -> None:
+    """Who holds a job in flight (``worker``: the owner's token; with many workers on one state, its lease) and
+    which run directory a done job's video was placed in (``placed_on``: ``host:directory``)."""
+    _script(db, "ALTER TABLE jobs ADD COLUMN worker TEXT; ALTER TABLE jobs ADD COLUMN placed_on TEXT")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -246,6 +256,19 @@ class ImageRow:
     size: int
     url: str | None = None
     uploaded_at: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A worker of a shared run, as its state records it (``place``: ``host:run directory``)."""
+
+    token: str
+    pid: int
+    host: str
+    place: str
+    lease_s: float
+    started_at: float
+    heartbeat_at: float
 
 
 @dataclass(frozen=True)
@@ -265,13 +288,36 @@ class Owner:
 
 
 class Store:
-    """The state file of one run directory."""
+    """The state of one run: here SQLite, a file in the run directory (``PgStore`` keeps it in PostgreSQL).
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    The SQL of the methods is written for both engines; what differs is in the attributes below, in opening,
+    migrating and owning (one process owns a SQLite state; many workers share a PostgreSQL one).
+    """
+
+    shared = False  # several workers may run this state at once (PostgreSQL)
+    _begin = "BEGIN IMMEDIATE"  # SQLite: the write lock at the start, so that a check and its write are one
+    _for_update = ""  # PostgreSQL: lock the rows a check reads until the transaction ends
+    _cross_join = "CROSS JOIN"  # SQLite keeps the join's order with it (the possibly billed attempts first)
+    _probe_bytes = "json_extract(probe, '$.bytes')"
+    _placed_here = ""  # the done videos of this worker's run directory (all of them: one directory)
+    _errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
+
+    def __init__(self, db: Any, path: Path) -> None:
         self.db = db
         self.path = path
         self.owner_token: str | None = None  # set by ``claim``: attempts begin only while the state says it is ours
         self.took_over: Owner | None = None  # the stale owner ``claim`` took the directory from, to be said
+        self.place: str | None = None  # ``host:run directory`` of this process's videos (set by ``claim``)
+        self.refusal: str | None = None  # why a limit beyond the run's budget refused the last attempt (``_fits``)
+
+    @property
+    def where(self) -> str:
+        """The state, for messages: ``the state file PATH`` (or its database and run)."""
+        return f"the state file {self.path}"
+
+    @property
+    def _place_args(self) -> tuple[Any, ...]:
+        return ()
 
     # --- opening ------------------------------------------------------------------------------------------
 
@@ -331,19 +377,41 @@ class Store:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Any]:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(self._begin)
             try:
                 yield self.db
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            # Read-only, full or broken: the transaction did not happen, and the file is as it was.
-            raise StateError(f"cannot write the state file {self.path}: {exc}; nothing was changed") from None
+        except self._errors as exc:
+            # Read-only, full or broken: the transaction did not happen, and the state is as it was.
+            raise StateError(f"cannot write {self.where}: {exc}; nothing was changed") from None
+
+    # --- money: every change goes through ``_move`` ----------------------------------------------------------
+
+    def _money_of(self, db: Any, *, lock: bool = False) -> Money:
+        """The run's running totals (locked until the transaction ends, with ``lock``, where the engine can)."""
+        row = db.execute(
+            "SELECT settled_micros, ambiguous_micros, reserved_micros FROM money" + (self._for_update if lock else "")
+        ).fetchone()
+        return Money(row[0] + row[1], row[2], row[0], row[1])
+
+    def _move(self, db: Any, *, settled: int = 0, ambiguous: int = 0, reserved: int = 0) -> None:
+        """Change the run's totals, in the caller's transaction."""
+        db.execute(
+            "UPDATE money SET settled_micros = settled_micros + ?, ambiguous_micros = ambiguous_micros + ?, "
+            "reserved_micros = reserved_micros + ?",
+            (settled, ambiguous, reserved),
+        )
+
+    def _fits(self, db: Any, estimate_micros: int) -> bool:
+        """Whether limits beyond the run's budget let an attempt of ``estimate_micros`` begin (none here: a shared
+        state checks its account's budget)."""
+        return True
 
     # --- meta ---------------------------------------------------------------------------------------------
 
@@ -368,6 +436,7 @@ class Store:
         Returns how many jobs were added. Jobs no longer in the manifest are kept, never deleted.
         """
         with self.transaction() as db:
+            db.execute(f"SELECT 1 FROM money{self._for_update}")  # workers starting together sync one at a time
             known = {row[0] for row in db.execute("SELECT id FROM jobs")}
             new = [(job, estimate) for job, estimate in zip(jobs, estimates, strict=True) if job.id not in known]
             db.executemany(
@@ -454,11 +523,13 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE images SET url = ?, uploaded_at = ? WHERE sha256 = ?", (url, now, sha256))
 
-    def prices_seen(self) -> dict[str, int]:
-        """Per price class, the highest cost the provider reported for one of its attempts (µUSD)."""
+    def prices_seen(self, since: float | None = None) -> dict[str, int]:
+        """Per price class, the highest cost the provider reported for one of its attempts (µUSD); of the attempts
+        that ended since ``since`` (epoch), with it."""
         rows = self.db.execute(
             "SELECT j.price_class, MAX(a.provider_cost_micros) FROM attempts a JOIN jobs j ON a.job_id = j.id "
-            "WHERE a.provider_cost_micros IS NOT NULL GROUP BY j.price_class"
+            "WHERE a.provider_cost_micros IS NOT NULL AND a.ended_at >= ? GROUP BY j.price_class",
+            (since or 0.0,),
         )
         return {row[0]: int(row[1]) for row in rows}
 
@@ -478,10 +549,9 @@ class Store:
     def next_pending(self, now: float, after_idx: int = -1, *, held: Sequence[str] = ()) -> JobRow | None:
         """The first pending job of the manifest (after ``after_idx``) whose backoff is over, of no price class in
         ``held`` unless it has an attempt to settle first (possibly billed: it is looked up, not paid again)."""
-        marks = ",".join("?" * len(held))
         row = self.db.execute(
-            "SELECT * FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND not_before <= ? AND idx > ? "
-            f"AND (price_class NOT IN ({marks}) OR {_UNRESOLVED}) ORDER BY idx LIMIT 1",
+            "SELECT * FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND not_before <= ? AND idx > ?"
+            f"{not_held(held)} ORDER BY idx LIMIT 1",
             (now, after_idx, *held),
         ).fetchone()
         return _job(row) if row else None
@@ -489,10 +559,8 @@ class Store:
     def earliest_pending(self, *, held: Sequence[str] = ()) -> float | None:
         """When the next pending job's backoff ends (``None``: no pending job), of no price class in ``held`` (unless
         it has an attempt to settle first, as ``next_pending``)."""
-        marks = ",".join("?" * len(held))
         row = self.db.execute(
-            "SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND "
-            f"(price_class NOT IN ({marks}) OR {_UNRESOLVED})",
+            f"SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1{not_held(held)}",
             tuple(held),
         ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -502,7 +570,7 @@ class Store:
         an attempt that may have been billed (its request not found yet: it may be generating)."""
         rows = self.db.execute(
             "SELECT DISTINCT price_class FROM jobs WHERE state IN ('submitting', 'submitted') UNION "
-            "SELECT DISTINCT j.price_class FROM attempts a CROSS JOIN jobs j ON j.id = a.job_id "
+            f"SELECT DISTINCT j.price_class FROM attempts a {self._cross_join} jobs j ON j.id = a.job_id "
             "WHERE a.money = 'ambiguous' AND a.outcome IN ('retry', 'ambiguous') AND j.state = 'pending' "
             "AND j.in_manifest = 1"
         )  # from the few possibly billed attempts (an index of its own; CROSS JOIN keeps that order), not every job
@@ -567,8 +635,8 @@ class Store:
 
     def flagged(self) -> tuple[list[str], list[tuple[str, str]]]:
         """Ids of the jobs possibly billed twice, and (id, state) of the jobs no longer in the manifest."""
-        twice = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE possibly_billed_twice ORDER BY idx")]
-        gone = [(row[0], row[1]) for row in self.db.execute("SELECT id, state FROM jobs WHERE NOT in_manifest")]
+        twice = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE possibly_billed_twice = 1 ORDER BY idx")]
+        gone = [(row[0], row[1]) for row in self.db.execute("SELECT id, state FROM jobs WHERE in_manifest = 0")]
         return twice, gone
 
     def manifest_job_count(self) -> int:
@@ -591,7 +659,7 @@ class Store:
 
     def money(self) -> Money:
         """The running totals."""
-        return _money(self.db)
+        return self._money_of(self.db)
 
     # --- transitions: each one transaction, before the action it allows ----------------------------------
 
@@ -604,26 +672,68 @@ class Store:
         """
         with self.transaction() as db:
             self._check_owner(db)
-            if not allow(_money(db)):
+            if not self._fits(db, estimate_micros) or not allow(self._money_of(db, lock=True)):
                 return None
-            row = db.execute("SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'", (job_id,)).fetchone()
+            row = db.execute(
+                f"SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'{self._for_update}", (job_id,)
+            ).fetchone()
             if row is None:  # only a pending job begins an attempt: never one another process has taken
-                raise StateError(f"{job_id} is no longer pending in {self.path}: another process changed it")
-            cursor = db.execute(
-                "INSERT INTO attempts (job_id, number, transport, started_at, money, reserved_micros) "
-                "VALUES (?, ?, ?, ?, 'reserved', ?)",
-                (job_id, row[0] + 1, transport, now, estimate_micros),
+                raise StateError(f"{job_id} is no longer pending in {self.where}: another process changed it")
+            attempt_id = int(
+                db.execute(
+                    "INSERT INTO attempts (job_id, number, transport, started_at, money, reserved_micros) "
+                    "VALUES (?, ?, ?, ?, 'reserved', ?) RETURNING id",
+                    (job_id, row[0] + 1, transport, now, estimate_micros),
+                ).fetchone()[0]
             )
-            attempt_id = int(cursor.lastrowid or 0)
-            db.execute("UPDATE money SET reserved_micros = reserved_micros + ?", (estimate_micros,))
+            self._move(db, reserved=estimate_micros)
             db.execute(
                 "UPDATE jobs SET state = 'submitting', attempts_used = attempts_used + 1, open_attempt = ?, "
-                "reason = NULL, updated_at = ? WHERE id = ?",
-                (attempt_id, now, job_id),
+                "reason = NULL, worker = ?, updated_at = ? WHERE id = ?",
+                (attempt_id, self.owner_token, now, job_id),
             )
         return attempt_id
 
     # --- ownership ----------------------------------------------------------------------------------------
+
+    def reopen(self) -> Store:
+        """Another connection to the same state, read-only (for a thread)."""
+        other = Store.open(self.path, readonly=True)
+        other.place = self.place
+        return other
+
+    def take_over(self, now: float) -> list[JobRow]:
+        """The jobs in flight this process takes charge of: here, at its start, every one (it owns the state)."""
+        return self.jobs(IN_FLIGHT)
+
+    def mine(self, job: JobRow) -> bool:
+        """Whether ``job`` is this process's to follow: every job of a state it owns."""
+        return True
+
+    def places(self) -> dict[str | None, int]:
+        """How many done videos each place holds (``host:run directory``; ``None``: placed by an older batchgen)."""
+        rows = self.db.execute("SELECT placed_on, COUNT(*) FROM jobs WHERE state = 'done' GROUP BY placed_on")
+        return {row[0]: int(row[1]) for row in rows}
+
+    def workers(self) -> list[WorkerRow]:
+        """The workers of a shared run: none here (one process owns this state: ``owner``)."""
+        return []
+
+    def account_money(self) -> AccountMoney | None:
+        """The ledger of the account the run spends from: none here (a run's budget is its own)."""
+        return None
+
+    def pace(self) -> tuple[int, float]:
+        """The account's submits in the last minute and its pause: a state of one run keeps no shared pace."""
+        return 0, 0.0
+
+    def db_now(self) -> float:
+        """The clock heartbeats are measured with: this machine's."""
+        return time.time()
+
+    def others_busy(self) -> bool:
+        """Whether other processes hold jobs of the run (in flight, or claimed to submit): none share this one."""
+        return False
 
     def owner(self) -> Owner | None:
         """Who runs this directory, as recorded."""
@@ -641,8 +751,14 @@ class Store:
                     f"another batchgen run ({previous.describe(now)}) is using {self.path.parent}; wait for it, or "
                     "stop it first"
                 )
-            db.execute("INSERT OR REPLACE INTO owner VALUES (1, ?, ?, ?, ?, ?)", (token, pid, host, now, now))
+            db.execute(
+                "INSERT INTO owner VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET token = excluded.token, "
+                "pid = excluded.pid, host = excluded.host, started_at = excluded.started_at, "
+                "heartbeat_at = excluded.heartbeat_at",
+                (token, pid, host, now, now),
+            )
         self.owner_token = token
+        self.place = f"{host}:{self.path.parent.resolve()}"
         self.took_over = previous if previous is not None and previous.token != token else None
         return self.took_over
 
@@ -659,7 +775,7 @@ class Store:
                 db.execute("DELETE FROM owner WHERE token = ?", (self.owner_token,))
             self.owner_token = None
 
-    def _check_owner(self, db: sqlite3.Connection) -> None:
+    def _check_owner(self, db: Any) -> None:
         if self.owner_token is None:
             return
         row = db.execute("SELECT pid, host FROM owner WHERE token = ?", (self.owner_token,)).fetchone()
@@ -679,8 +795,9 @@ class Store:
             "UPDATE attempts SET request_id = ? WHERE id = (SELECT open_attempt FROM jobs WHERE id = ?)",
             (request_id, job_id),
         )
-        db.execute(
-            "UPDATE jobs SET state = 'submitted', request_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?",
+        db.execute(  # a job another worker took over meanwhile (as possibly billed) stays as that one left it
+            "UPDATE jobs SET state = 'submitted', request_id = ?, submitted_at = ?, updated_at = ? WHERE id = ? "
+            "AND state = 'submitting'",
             (request_id, now, now, job_id),
         )
 
@@ -700,7 +817,7 @@ class Store:
         attempt = _open_attempt(db, job_id)
         if attempt is not None:
             cost = attempt["reserved_micros"] if cost_micros is None else cost_micros
-            _end_attempt(db, attempt, "settled", cost, outcome="ok", status=200, message=None, now=now)
+            _end_attempt(self._move, db, attempt, "settled", cost, outcome="ok", status=200, message=None, now=now)
             db.execute("UPDATE attempts SET provider_cost_micros = ? WHERE id = ?", (cost_micros, attempt["id"]))
         db.execute(
             "UPDATE jobs SET state = 'downloading', video_url = ?, completed_at = ?, open_attempt = NULL, "
@@ -732,12 +849,22 @@ class Store:
             attempt = _open_attempt(db, job_id)
             if attempt is not None:
                 _end_attempt(
-                    db, attempt, money, 0, outcome=outcome, status=status, message=message, now=now, backoff_s=backoff_s
+                    self._move,
+                    db,
+                    attempt,
+                    money,
+                    0,
+                    outcome=outcome,
+                    status=status,
+                    message=message,
+                    now=now,
+                    backoff_s=backoff_s,
                 )
             again = next_state == "pending"
             db.execute(
                 "UPDATE jobs SET state = ?, reason = ?, not_before = ?, open_attempt = NULL, updated_at = ?, "
-                "attempts_used = attempts_used - ?, possibly_billed_twice = possibly_billed_twice OR ? WHERE id = ?",
+                "attempts_used = attempts_used - ?, "
+                "possibly_billed_twice = CASE WHEN possibly_billed_twice = 1 OR ? THEN 1 ELSE 0 END WHERE id = ?",
                 (
                     next_state,
                     None if again else message,
@@ -781,10 +908,7 @@ class Store:
         """
         with self.transaction() as db:
             reserved = db.execute("SELECT reserved_micros FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
-            db.execute(
-                "UPDATE money SET ambiguous_micros = ambiguous_micros - ?, reserved_micros = reserved_micros + ?",
-                (reserved, reserved),
-            )
+            self._move(db, ambiguous=-reserved, reserved=reserved)
             db.execute(
                 "UPDATE attempts SET money = 'reserved', settled_micros = 0, outcome = NULL, request_id = ?, "
                 "message = 'found in the provider''s request history: adopted, not submitted again' WHERE id = ?",
@@ -792,8 +916,10 @@ class Store:
             )
             db.execute(
                 "UPDATE jobs SET state = 'submitted', request_id = ?, "
-                "open_attempt = ?, submitted_at = ?, not_before = 0, updated_at = ?, possibly_billed_twice = EXISTS "
-                "(SELECT 1 FROM attempts WHERE job_id = ? AND id != ? AND money = 'ambiguous') WHERE id = ?",
+                "open_attempt = ?, submitted_at = ?, not_before = 0, updated_at = ?, "
+                "possibly_billed_twice = CASE WHEN EXISTS (SELECT 1 FROM attempts WHERE job_id = ? AND id != ? "
+                "AND money = 'ambiguous') THEN 1 ELSE 0 END "
+                "WHERE id = ?",
                 (request_id, attempt_id, now, now, job_id, attempt_id, job_id),
             )
 
@@ -813,7 +939,7 @@ class Store:
         with self.transaction() as db:
             if billed is False:
                 reserved = db.execute("SELECT reserved_micros FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
-                db.execute("UPDATE money SET ambiguous_micros = ambiguous_micros - ?", (reserved,))
+                self._move(db, ambiguous=-reserved)
                 db.execute(
                     "UPDATE attempts SET money = 'released', settled_micros = 0, outcome = 'not_billed', message = ?, "
                     "request_id = ? WHERE id = ?",
@@ -824,8 +950,8 @@ class Store:
                     "UPDATE attempts SET outcome = 'unresolved', message = ? WHERE id = ?", (message, attempt_id)
                 )
             db.execute(
-                "UPDATE jobs SET possibly_billed_twice = EXISTS (SELECT 1 FROM attempts WHERE job_id = ? "
-                "AND money = 'ambiguous'), updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET possibly_billed_twice = CASE WHEN EXISTS (SELECT 1 FROM attempts WHERE job_id = ? "
+                "AND money = 'ambiguous') THEN 1 ELSE 0 END, updated_at = ? WHERE id = ?",
                 (job_id, now, job_id),
             )
 
@@ -842,9 +968,10 @@ class Store:
             ).fetchone()
             if row is not None:
                 cost = row["reserved_micros"] if cost_micros is None else cost_micros
-                column = "ambiguous_micros" if row["money"] == "ambiguous" else "settled_micros"
-                db.execute(f"UPDATE money SET {column} = {column} - ?", (row["settled_micros"],))
-                db.execute("UPDATE money SET settled_micros = settled_micros + ?", (cost,))
+                if row["money"] == "ambiguous":
+                    self._move(db, ambiguous=-row["settled_micros"], settled=cost)
+                else:
+                    self._move(db, settled=cost - row["settled_micros"])
                 db.execute(
                     "UPDATE attempts SET money = 'settled', settled_micros = ?, outcome = 'ok', provider_cost_micros "
                     "= ?, message = 'recovered from the provider''s request history' WHERE id = ?",
@@ -875,9 +1002,9 @@ class Store:
         with self.transaction() as db:
             db.executemany(
                 "UPDATE jobs SET state = 'done', video_path = ?, sha256 = ?, probe = ?, warnings = ?, reason = NULL, "
-                "finished_at = ?, updated_at = ? WHERE id = ?",
+                "placed_on = ?, finished_at = ?, updated_at = ? WHERE id = ?",
                 [
-                    (path, sha256, json.dumps(probe), json.dumps(warnings), now, now, job_id)
+                    (path, sha256, json.dumps(probe), json.dumps(warnings), self.place, now, now, job_id)
                     for job_id, path, sha256, probe, warnings in placed
                 ],
             )
@@ -885,7 +1012,9 @@ class Store:
     def done_videos(self) -> list[DoneVideo]:
         """Every done job's video as recorded (a light read: a resume of 100,000 jobs looks at each)."""
         rows = self.db.execute(
-            "SELECT id, video_path, json_extract(probe, '$.bytes'), sha256 FROM jobs WHERE state = 'done' ORDER BY idx"
+            f"SELECT id, video_path, {self._probe_bytes}, sha256 FROM jobs WHERE state = 'done'{self._placed_here} "
+            "ORDER BY idx",
+            self._place_args,
         )
         return [DoneVideo(row[0], row[1] or f"videos/{row[0]}.mp4", row[2], row[3]) for row in rows]
 
@@ -900,7 +1029,7 @@ class Store:
                 return False
             cursor = db.execute(
                 "INSERT INTO attempts (job_id, number, transport, started_at, request_id, message, money, "
-                "reserved_micros) VALUES (?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                "reserved_micros) VALUES (?, ?, ?, ?, ?, ?, 'reserved', ?) RETURNING id",
                 (
                     job_id,
                     row[0] + 1,
@@ -911,11 +1040,12 @@ class Store:
                     reserve_micros,
                 ),
             )
-            db.execute("UPDATE money SET reserved_micros = reserved_micros + ?", (reserve_micros,))
+            attempt_id = int(cursor.fetchone()[0])
+            self._move(db, reserved=reserve_micros)
             db.execute(
                 "UPDATE jobs SET state = 'submitted', request_id = ?, open_attempt = ?, attempts_used = attempts_used "
-                "+ 1, submitted_at = ?, not_before = 0, reason = NULL, updated_at = ? WHERE id = ?",
-                (request_id, int(cursor.lastrowid or 0), now, now, job_id),
+                "+ 1, submitted_at = ?, not_before = 0, reason = NULL, worker = ?, updated_at = ? WHERE id = ?",
+                (request_id, attempt_id, now, self.owner_token, now, job_id),
             )
         return True
 
@@ -950,7 +1080,7 @@ class Store:
                 (reason, now, now, job_id),
             )
 
-    def recover(self, now: float) -> list[str]:
+    def recover(self, now: float, job_ids: Sequence[str] | None = None) -> list[str]:
         """Read the state after a stop: every job caught in ``submitting`` is ambiguous (possibly billed).
 
         Its attempt's money is kept as possibly billed and the job goes back to pending, marked as possibly
@@ -958,6 +1088,8 @@ class Store:
         need nothing: the runner re-attaches and re-downloads them.
         """
         stuck = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE state = 'submitting'")]
+        if job_ids is not None:  # a shared state: only the jobs this worker took over
+            stuck = [job_id for job_id in stuck if job_id in set(job_ids)]
         for job_id in stuck:
             self.end_attempt(
                 job_id,
@@ -981,7 +1113,7 @@ class Store:
                 f"UPDATE jobs SET state = CASE WHEN video_url IS NOT NULL AND state = 'failed' THEN 'downloading' "
                 f"ELSE 'pending' END, attempts_used = 0, download_failures = 0, not_before = 0, reason = NULL, "
                 f"request_id = CASE WHEN video_url IS NOT NULL AND state = 'failed' THEN request_id ELSE NULL END, "
-                f"possibly_billed_twice = possibly_billed_twice OR state = 'lost', "
+                f"possibly_billed_twice = CASE WHEN possibly_billed_twice = 1 OR state = 'lost' THEN 1 ELSE 0 END, "
                 f"updated_at = ? WHERE state IN ({marks})",
                 (now, *states),
             )
@@ -995,7 +1127,15 @@ _UNRESOLVED = (
 )
 
 
-def _requeue_skipped(db: sqlite3.Connection, now: float) -> None:
+def not_held(held: Sequence[str]) -> str:
+    """The condition (``AND …``, its parameters ``held``) that a pending job is of no price class in ``held``, or has
+    an attempt to settle first."""
+    if not held:
+        return ""
+    return f" AND (price_class NOT IN ({','.join('?' * len(held))}) OR {_UNRESOLVED})"
+
+
+def _requeue_skipped(db: Any, now: float) -> None:
     db.execute(
         "UPDATE jobs SET state = 'pending', reason = NULL, not_before = 0, updated_at = ? "
         "WHERE state = 'skipped' AND in_manifest = 1",
@@ -1003,21 +1143,17 @@ def _requeue_skipped(db: sqlite3.Connection, now: float) -> None:
     )
 
 
-def _money(db: sqlite3.Connection) -> Money:
-    row = db.execute("SELECT settled_micros, ambiguous_micros, reserved_micros FROM money").fetchone()
-    return Money(row[0] + row[1], row[2], row[0], row[1])
-
-
-def _open_attempt(db: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute(
+def _open_attempt(db: Any, job_id: str) -> Any:
+    row = db.execute(
         "SELECT a.* FROM attempts a JOIN jobs j ON a.id = j.open_attempt WHERE j.id = ?", (job_id,)
     ).fetchone()
     return row
 
 
 def _end_attempt(
-    db: sqlite3.Connection,
-    attempt: sqlite3.Row,
+    move: Callable[..., None],
+    db: Any,
+    attempt: Any,
     money: str,
     settled_micros: int,
     *,
@@ -1034,10 +1170,12 @@ def _end_attempt(
         "backoff_s = ? WHERE id = ?",
         (money, kept, outcome, status, message, now, backoff_s, attempt["id"]),
     )
-    column = {"settled": "settled_micros", "ambiguous": "ambiguous_micros", "released": None}[money]
-    db.execute("UPDATE money SET reserved_micros = reserved_micros - ?", (reserved,))
-    if column:
-        db.execute(f"UPDATE money SET {column} = {column} + ?", (kept,))
+    move(
+        db,
+        reserved=-reserved,
+        settled=kept if money == "settled" else 0,
+        ambiguous=kept if money == "ambiguous" else 0,
+    )
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
@@ -1046,7 +1184,7 @@ def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _job(row: sqlite3.Row) -> JobRow:
+def _job(row: Any) -> JobRow:
     data = dict(row)
     data["variables"] = json.loads(data["variables"])
     data["payload"] = json.loads(data["payload"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from batchgen.errors import ProtocolError
@@ -41,10 +42,10 @@ def video_problem(root: Path, video: DoneVideo, *, full: bool = True) -> str | N
     return None
 
 
-def find_bad_videos(state: Path, root: Path) -> list[tuple[DoneVideo, str]]:
-    """The done videos of a run that are missing or of another size, read through a connection of its own (a run
-    looks at them in a thread, beside its first submits)."""
-    store = Store.open(state, readonly=True)
+def find_bad_videos(open_store: Callable[[], Store], root: Path) -> list[tuple[DoneVideo, str]]:
+    """The done videos of a run (placed in ``root``) that are missing or of another size, read through a connection
+    of its own, ``open_store()`` (a run looks at them in a thread, beside its first submits)."""
+    store = open_store()
     try:
         videos = store.done_videos()
     finally:

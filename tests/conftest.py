@@ -62,3 +62,55 @@ def batch_manifest(count: int, *, name: str = "batch", duration: int = 3, audio:
         f"version: 1\nname: {name}\n{extra}defaults:\n  duration: {duration}\n  generate_audio: {str(audio).lower()}\n"
         f"shots:\n  - id: clip\n    prompt: 'Clip number {{n}} of a test batch'\n    matrix:\n      n: [{values}]\n"
     )
+
+
+# --- PostgreSQL: a real server (CI starts one: .ci/run), a fresh database per test ---------------------------------
+
+PG_URL_ENV = "BATCHGEN_TEST_POSTGRESQL"  # the server the tests use, as a URL to its maintenance database
+PG_DEFAULT_URL = "postgresql://batchgen:batchgen@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> dict:
+    """The PostgreSQL server of the tests (``$BATCHGEN_TEST_POSTGRESQL``, else the one `.ci/run` starts); the
+    tests that need it are skipped, saying why, when none answers."""
+    import os
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    url = os.environ.get(PG_URL_ENV, PG_DEFAULT_URL)
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(
+            f"no PostgreSQL server at {url.split('@')[-1]} ({str(exc).strip()[:120]}): `bash .ci/run` starts one, "
+            f"or set {PG_URL_ENV}"
+        )
+    parts = urlsplit(url)
+    return {
+        "user": parts.username or "postgres",
+        "password": parts.password,
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+    }
+
+
+@pytest.fixture
+def pg_url(pg_server: dict):
+    """A new, empty database on the test server (pytest-postgresql's janitor makes it and drops it after), as the
+    URL a `--state` flag takes."""
+    import uuid
+
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    name = f"batchgen_test_{uuid.uuid4().hex[:12]}"
+    with DatabaseJanitor(
+        user=pg_server["user"],
+        password=pg_server["password"],
+        host=pg_server["host"],
+        port=pg_server["port"],
+        dbname=name,
+    ):
+        credentials = pg_server["user"] + (f":{pg_server['password']}" if pg_server["password"] else "")
+        yield f"postgresql://{credentials}@{pg_server['host']}:{pg_server['port']}/{name}"

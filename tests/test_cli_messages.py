@@ -28,6 +28,7 @@ RETURNS = {
     "verify": {0, 1, 2},
     "simulate": {0, 2},
     "import": {0, 2},
+    "account": {0, 2},
 }
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b")
 

@@ -1,0 +1,727 @@
+"""The shared state: PostgreSQL, for a team on one account, and for many workers on one batch (the only module that
+imports psycopg).
+
+A run's tables are :class:`~batchgen.store.Store`'s, in a schema of its own (``run_<hash of its name>``), so that
+every method's SQL is the same on both engines; what a team shares is in the schema ``batchgen``::
+
+    batchgen.runs      each run's name, schema and account
+    batchgen.accounts  one budget ledger per account (a hash of the key): cap, period, settled, possibly billed,
+                       reserved; changed in the same transaction as the run's own money, so that
+                       ``spent + reserved + estimate ≤ cap`` holds across every run and machine
+    batchgen.paces     one pace per account: when a 429 paused it; batchgen.submits: its submits of the last minute
+
+Locks are taken in one order (the account's ledger, then the run's money, then rows of jobs), so two transactions
+never wait on each other in a circle. Workers say they are alive in their run's ``workers`` table; a job in flight
+names its worker (its lease); a worker silent for longer than its lease is gone, and another takes its jobs over
+(``take_over``) as a resume would: by request id, never POSTed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import RowMaker
+
+from batchgen.account import AccountMoney, next_period, period_start
+from batchgen.errors import StateError, UsageError
+from batchgen.store import IN_FLIGHT, JobRow, Owner, Store, WorkerRow, _job, not_held
+
+RATE_WINDOW_S = 61.0  # a minute, and a second for the way to the provider (a guess: its window is not documented)
+STATEMENT_TIMEOUT_MS = 60_000  # nothing waits forever: a statement (or a lock it waits for) gives up after a minute
+CONNECT_TIMEOUT_S = 10
+URL_ENV = "BATCHGEN_STATE_URL"
+
+
+# --- the connection: sqlite3's shape over psycopg --------------------------------------------------------------
+
+
+class _Row(tuple[Any, ...]):
+    """A row read by index or by column name, as ``sqlite3.Row`` is (``dict(row)`` works)."""
+
+    _index: ClassVar[dict[str, int]] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+@lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[_Row]:
+    return type("Row", (_Row,), {"_index": {name: i for i, name in enumerate(names)}})
+
+
+def _rows(cursor: Any) -> RowMaker[_Row]:
+    names = tuple(column.name for column in cursor.description or ())
+    row_class = _row_class(names)
+    return lambda values: row_class(values)
+
+
+@lru_cache(maxsize=1024)
+def _sql(text: str) -> str:
+    """SQLite's ``?`` placeholders as psycopg's ``%s`` (a ``%`` doubled); quoted text is left as it is."""
+    out = []
+    quoted = False
+    for char in text:
+        if char == "'":
+            quoted = not quoted
+        if char == "%":
+            out.append("%%")
+        elif char == "?" and not quoted:
+            out.append("%s")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+class PgConnection:
+    """What the store asks of a connection (``execute``, ``executemany``, ``close``), on psycopg in autocommit mode:
+    the store says BEGIN and COMMIT itself."""
+
+    def __init__(self, conn: psycopg.Connection[Any], url: str) -> None:
+        self.conn = conn
+        self.url = url
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        try:
+            return self.conn.execute(_sql(sql), tuple(parameters))
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Any:
+        try:
+            cursor = self.conn.cursor()
+            cursor.executemany(_sql(sql), [tuple(row) for row in parameters])
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        return cursor
+
+    def _failed(self, exc: psycopg.Error) -> StateError:
+        """A statement that failed (the server gone, a lock waited for past the timeout): said with the state's
+        URL, without its password; a transaction it was part of is rolled back (or was, by the server)."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return StateError(f"the state {shown_url(self.url)} failed: {text}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def shown_url(url: str) -> str:
+    """The state's URL for messages: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_state_url(text: str | None) -> bool:
+    """Whether ``text`` names a PostgreSQL state (``postgresql://…`` or ``postgres://…``)."""
+    return bool(text) and str(text).startswith(("postgresql://", "postgres://"))
+
+
+def run_schema(name: str) -> str:
+    """The schema of the run ``name``: safe to quote whatever the name holds."""
+    return "run_" + hashlib.sha256(name.encode()).hexdigest()[:20]
+
+
+# --- migrations: append only, per schema -----------------------------------------------------------------------
+
+GLOBAL_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "g001_accounts",
+        """
+        CREATE TABLE batchgen.runs (name TEXT PRIMARY KEY, schema TEXT NOT NULL UNIQUE, account TEXT,
+                                    created_at DOUBLE PRECISION NOT NULL);
+        CREATE TABLE batchgen.accounts (
+            id TEXT PRIMARY KEY,
+            cap_micros BIGINT,
+            per TEXT CHECK (per IN ('day', 'week', 'month')),
+            period_start DOUBLE PRECISION NOT NULL DEFAULT 0,
+            settled_micros BIGINT NOT NULL DEFAULT 0,
+            ambiguous_micros BIGINT NOT NULL DEFAULT 0,
+            reserved_micros BIGINT NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE batchgen.paces (account TEXT PRIMARY KEY, paused_until DOUBLE PRECISION NOT NULL DEFAULT 0);
+        CREATE TABLE batchgen.submits (account TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
+        CREATE INDEX submits_by_account ON batchgen.submits (account, at)
+        """,
+    ),
+]
+
+# The run's tables as SQLite's migrations m001-m007 leave them (one step here: this engine came after them).
+RUN_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "p001_run",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE money (id INTEGER PRIMARY KEY CHECK (id = 1), settled_micros BIGINT NOT NULL,
+                            ambiguous_micros BIGINT NOT NULL, reserved_micros BIGINT NOT NULL);
+        INSERT INTO money VALUES (1, 0, 0, 0);
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            idx INTEGER NOT NULL,
+            shot_id TEXT NOT NULL,
+            take INTEGER NOT NULL,
+            variables TEXT NOT NULL,
+            model TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            payload_hash TEXT NOT NULL,
+            estimate_micros BIGINT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            in_manifest INTEGER NOT NULL DEFAULT 1,
+            attempts_used INTEGER NOT NULL DEFAULT 0,
+            download_failures INTEGER NOT NULL DEFAULT 0,
+            not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+            request_id TEXT, video_url TEXT,
+            reason TEXT,
+            possibly_billed_twice INTEGER NOT NULL DEFAULT 0,
+            video_path TEXT, sha256 TEXT, probe TEXT,
+            warnings TEXT NOT NULL DEFAULT '[]',
+            submitted_at DOUBLE PRECISION, completed_at DOUBLE PRECISION, finished_at DOUBLE PRECISION,
+            open_attempt BIGINT,
+            updated_at DOUBLE PRECISION NOT NULL,
+            price_class TEXT NOT NULL DEFAULT '',
+            worker TEXT,
+            placed_on TEXT
+        );
+        CREATE INDEX jobs_by_state ON jobs (state, idx);
+        CREATE TABLE attempts (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            number INTEGER NOT NULL,
+            transport TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION,
+            request_id TEXT,
+            http_status INTEGER,
+            message TEXT,
+            outcome TEXT,
+            backoff_s DOUBLE PRECISION,
+            money TEXT NOT NULL CHECK (money IN ('reserved', 'settled', 'released', 'ambiguous')),
+            reserved_micros BIGINT NOT NULL,
+            settled_micros BIGINT NOT NULL DEFAULT 0,
+            provider_cost_micros BIGINT
+        );
+        CREATE INDEX attempts_by_job ON attempts (job_id, id);
+        CREATE INDEX attempts_possibly_billed ON attempts (job_id) WHERE money = 'ambiguous';
+        CREATE TABLE images (sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, mime TEXT NOT NULL, size BIGINT NOT NULL,
+                             url TEXT, uploaded_at DOUBLE PRECISION);
+        CREATE TABLE workers (token TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, place TEXT NOT NULL,
+                              lease_s DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+                              heartbeat_at DOUBLE PRECISION NOT NULL);
+        CREATE TABLE owner (id INTEGER PRIMARY KEY CHECK (id = 1), token TEXT NOT NULL, pid INTEGER NOT NULL,
+                            host TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+                            heartbeat_at DOUBLE PRECISION NOT NULL)
+        """,
+    ),
+]
+
+
+def _migrate(db: PgConnection, schema: str, steps: list[tuple[str, str]]) -> None:
+    """Apply the steps ``schema`` has not had yet, in one transaction, under a lock that makes workers starting
+    together take turns."""
+    db.execute("BEGIN")
+    try:
+        db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"batchgen migrate {schema}",))
+        db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        db.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".migrations (name TEXT PRIMARY KEY, '
+            "applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        done = {row[0] for row in db.execute(f'SELECT name FROM "{schema}".migrations')}
+        unknown = done - {name for name, _ in steps}
+        if unknown:
+            raise StateError(
+                f"the state's schema {schema} was written by a newer batchgen ({', '.join(sorted(unknown))}): upgrade "
+                "batchgen to use it; it was left as it is"
+            )
+        db.execute(f'SET LOCAL search_path TO "{schema}"')
+        for name, sql in steps:
+            if name in done:
+                continue
+            for statement in sql.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f'INSERT INTO "{schema}".migrations VALUES (?, ?)', (name, time.time()))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+# --- the store -------------------------------------------------------------------------------------------------
+
+# A pending job this worker (its token the parameter) may claim: nobody's, its own, or a worker's that is gone.
+_CLAIMABLE = "(worker IS NULL OR worker = ? OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.token = jobs.worker))"
+
+
+class PgStore(Store):
+    """A run's state in PostgreSQL, shared by every worker of the run and every run of the account."""
+
+    shared = True
+    _begin = "BEGIN"
+    _for_update = " FOR UPDATE"
+    _cross_join = "JOIN"
+    _probe_bytes = "(probe::json->>'bytes')::bigint"
+    _placed_here = " AND (placed_on IS NULL OR placed_on = ?)"
+    _errors = (psycopg.Error,)
+
+    def __init__(self, db: PgConnection, url: str, run: str, run_dir: Path, account: str | None) -> None:
+        super().__init__(db, run_dir / "state.db")
+        self.url = url
+        self.run = run
+        self.run_dir = run_dir
+        self.account = account
+        self.lease_s = 60.0
+
+    @property
+    def where(self) -> str:
+        return f"the state {shown_url(self.url)} (run {self.run!r})"
+
+    @property
+    def _place_args(self) -> tuple[Any, ...]:
+        return (self.place,)
+
+    @classmethod
+    def connect(
+        cls, url: str, run: str, run_dir: Path, *, account: str | None = None, readonly: bool = False
+    ) -> PgStore:
+        """Open the run ``run``'s state in the database at ``url`` (made and migrated when new, unless
+        ``readonly``); ``account``: the hash of the key its runs spend from (see ``account.account_id``)."""
+        db = connect(url)
+        try:
+            schema = run_schema(run)
+            known = db.execute("SELECT account FROM batchgen.runs WHERE name = ?", (run,)).fetchone()
+            if known is None and readonly:
+                raise StateError(f"no run {run!r} in the state {shown_url(url)}: nothing has run under that name yet")
+            if not readonly:
+                _migrate(db, schema, RUN_MIGRATIONS)
+                db.execute(
+                    "INSERT INTO batchgen.runs VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    (run, schema, account, time.time()),
+                )
+                recorded = db.execute("SELECT account FROM batchgen.runs WHERE name = ?", (run,)).fetchone()[0]
+                if account is not None and recorded is None:
+                    db.execute("UPDATE batchgen.runs SET account = ? WHERE name = ?", (account, run))
+                elif account is not None and recorded != account:
+                    raise StateError(
+                        f"the run {run!r} in {shown_url(url)} spends from another account (another API key): run it "
+                        "with that key, or give this batch another name (--out)"
+                    )
+                if account is not None:
+                    db.execute(
+                        "INSERT INTO batchgen.accounts (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                        (account, time.time()),
+                    )
+                    db.execute("INSERT INTO batchgen.paces VALUES (?, 0) ON CONFLICT (account) DO NOTHING", (account,))
+            elif account is None:
+                account = known[0]
+            db.execute(f'SET search_path TO "{schema}"')
+        except psycopg.Error as exc:
+            db.close()
+            raise StateError(f"cannot use the state {shown_url(url)}: {exc}") from None
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, url, run, run_dir, account)
+
+    def reopen(self) -> PgStore:
+        """Another connection to the same state, read-only (for a thread)."""
+        other = PgStore.connect(self.url, self.run, self.run_dir, account=self.account, readonly=True)
+        other.place = self.place
+        return other
+
+    # --- money: the account's ledger moves with the run's ----------------------------------------------------
+
+    def _move(self, db: Any, *, settled: int = 0, ambiguous: int = 0, reserved: int = 0) -> None:
+        if self.account is not None and (settled or ambiguous or reserved):
+            # A period that ended while an attempt was open started the new one at zero: never below it.
+            db.execute(
+                "UPDATE batchgen.accounts SET settled_micros = GREATEST(0, settled_micros + ?), "
+                "ambiguous_micros = GREATEST(0, ambiguous_micros + ?), reserved_micros = GREATEST(0, reserved_micros "
+                "+ ?) WHERE id = ?",
+                (settled, ambiguous, reserved, self.account),
+            )
+        super()._move(db, settled=settled, ambiguous=ambiguous, reserved=reserved)
+
+    def _fits(self, db: Any, estimate_micros: int) -> bool:
+        self.refusal = None
+        if self.account is None:
+            return True
+        ledger = self._ledger(db, lock=True)
+        if ledger.fits(estimate_micros):
+            return True
+        left = max(0, ledger.left_micros() or 0)
+        self.refusal = (
+            f"over the account's budget ({ledger.describe_cap()}): needs ${estimate_micros / 1e6:,.2f}, "
+            f"${left / 1e6:,.2f} left"
+        )
+        return False
+
+    def _ledger(self, db: Any, *, lock: bool = False) -> AccountMoney:
+        """The account's ledger, its period rolled over first when it ended (then spent starts again at zero)."""
+        row = db.execute(
+            "SELECT cap_micros, per, period_start, settled_micros, ambiguous_micros, reserved_micros "
+            f"FROM batchgen.accounts WHERE id = ?{' FOR UPDATE' if lock else ''}",
+            (self.account,),
+        ).fetchone()
+        if row is None:
+            return AccountMoney(None, None, 0.0, 0, 0, 0)
+        ledger = AccountMoney(row[0], row[1], float(row[2]), int(row[3]), int(row[4]), int(row[5]))
+        ends = next_period(ledger.period_start, ledger.per)
+        now = time.time()
+        if lock and ends is not None and now >= ends:
+            start = period_start(now, ledger.per)
+            db.execute(
+                "UPDATE batchgen.accounts SET period_start = ?, settled_micros = 0, ambiguous_micros = 0 WHERE id = ?",
+                (start, self.account),
+            )
+            ledger = AccountMoney(ledger.cap_micros, ledger.per, start, 0, 0, ledger.reserved_micros)
+        return ledger
+
+    def account_money(self) -> AccountMoney | None:
+        """The account's ledger (``None``: this state has no account)."""
+        if self.account is None:
+            return None
+        return self._ledger(self.db)
+
+    # --- the pace: one per account -----------------------------------------------------------------------------
+
+    def take_submit(self, rpm: int) -> float:
+        """Take a submit from the account's pace: 0 when taken, else how many seconds to wait before asking again
+        (a 429's pause, or the minute's submits used up by this and every other run of the account). Times are the
+        database's clock, the one every machine shares."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT paused_until, extract(epoch from clock_timestamp()) FROM batchgen.paces WHERE account = ? "
+                "FOR UPDATE",
+                (self.account,),
+            ).fetchone()
+            paused_until, now = float(row[0]), float(row[1])
+            db.execute(
+                "DELETE FROM batchgen.submits WHERE account = ? AND at <= ?", (self.account, now - RATE_WINDOW_S)
+            )
+            count, first = db.execute(
+                "SELECT COUNT(*), MIN(at) FROM batchgen.submits WHERE account = ?", (self.account,)
+            ).fetchone()
+            wait = max(paused_until - now, float(first) + RATE_WINDOW_S - now if count >= rpm else 0.0)
+            if wait > 0:
+                return wait
+            db.execute("INSERT INTO batchgen.submits VALUES (?, ?)", (self.account, now))
+        return 0.0
+
+    def pause_submits(self, seconds: float) -> None:
+        """No run of the account submits for ``seconds`` from now (a 429 said so)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE batchgen.paces SET paused_until = GREATEST(paused_until, extract(epoch from clock_timestamp()) "
+                "+ ?) WHERE account = ?",
+                (seconds, self.account),
+            )
+
+    def pace(self) -> tuple[int, float]:
+        """The account's submits in the last minute, and for how many more seconds it is paused (0: not)."""
+        row = self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM batchgen.submits WHERE account = ? AND at > extract(epoch from "
+            "clock_timestamp()) - ?), (SELECT paused_until FROM batchgen.paces WHERE account = ?), "
+            "extract(epoch from clock_timestamp())",
+            (self.account, RATE_WINDOW_S, self.account),
+        ).fetchone()
+        return int(row[0]), max(0.0, float(row[1] or 0) - float(row[2]))
+
+    # --- workers -------------------------------------------------------------------------------------------------
+
+    def claim(self, token: str, pid: int, host: str, now: float, is_live: Callable[[Owner], bool]) -> Owner | None:
+        """Join the run as a worker (many may): nobody is taken over here; ``take_over`` does it, job by job."""
+        self.place = f"{host}:{self.run_dir.resolve()}"
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO workers VALUES (?, ?, ?, ?, ?, extract(epoch from clock_timestamp()), "
+                "extract(epoch from clock_timestamp()))",
+                (token, pid, host, self.place, self.lease_s),
+            )
+        self.owner_token = token
+        self.took_over = None
+        return None
+
+    def heartbeat(self, now: float) -> None:
+        with self.transaction() as db:
+            row = db.execute(
+                "UPDATE workers SET heartbeat_at = extract(epoch from clock_timestamp()) WHERE token = ? RETURNING 1",
+                (self.owner_token,),
+            ).fetchone()
+            if row is None:
+                raise StateError(self._gone())
+
+    def _gone(self) -> str:
+        return (
+            f"this worker was not heard from for longer than its lease ({self.lease_s:g} s) and the others took its "
+            f"jobs over, in {self.where}: it stops (run again to join)"
+        )
+
+    def release(self) -> None:
+        if self.owner_token is not None:
+            with self.transaction() as db:
+                db.execute("UPDATE jobs SET worker = NULL WHERE worker = ? AND state = 'pending'", (self.owner_token,))
+                db.execute("DELETE FROM workers WHERE token = ?", (self.owner_token,))
+            self.owner_token = None
+
+    def _check_owner(self, db: Any) -> None:
+        if self.owner_token is None:
+            return
+        if db.execute("SELECT 1 FROM workers WHERE token = ?", (self.owner_token,)).fetchone() is None:
+            raise StateError(self._gone())
+
+    def owner(self) -> Owner | None:
+        """The worker heard from last (any one: they share the run)."""
+        row = self.db.execute(
+            "SELECT token, pid, host, started_at, heartbeat_at FROM workers ORDER BY heartbeat_at DESC LIMIT 1"
+        ).fetchone()
+        return Owner(*row) if row else None
+
+    def workers(self) -> list[WorkerRow]:
+        """The run's workers, as they were last heard from, with the database's clock's now."""
+        rows = self.db.execute(
+            "SELECT token, pid, host, place, lease_s, started_at, heartbeat_at FROM workers ORDER BY started_at"
+        )
+        return [WorkerRow(*row) for row in rows]
+
+    def db_now(self) -> float:
+        """The database's clock (the one leases and the pace are measured with)."""
+        return float(self.db.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
+
+    def live_workers(self) -> list[WorkerRow]:
+        """The workers whose lease has not run out, this one aside."""
+        now = self.db_now()
+        return [
+            worker
+            for worker in self.workers()
+            if worker.token != self.owner_token and now - worker.heartbeat_at <= worker.lease_s
+        ]
+
+    def take_over(self, now: float) -> list[JobRow]:
+        """Workers whose lease ran out are gone: their jobs in flight become this worker's (each one claimed by
+        one worker only: ``FOR UPDATE SKIP LOCKED``), to be re-attached by request id, downloaded again, or looked
+        up in the history, as a resume does. Returns those jobs."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM workers WHERE token != ? AND heartbeat_at + lease_s < "
+                "extract(epoch from clock_timestamp())",
+                (self.owner_token,),
+            )
+            marks = ",".join("?" * len(IN_FLIGHT))
+            rows = db.execute(
+                "UPDATE jobs SET worker = ?, updated_at = ? WHERE id IN (SELECT id FROM jobs j WHERE state IN "
+                f"({marks}) AND (worker IS NULL OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.token = j.worker)) "
+                "FOR UPDATE SKIP LOCKED) RETURNING *",
+                (self.owner_token, now, *IN_FLIGHT),
+            ).fetchall()
+        return sorted((_job(row) for row in rows), key=lambda job: job.idx)
+
+    def earliest_pending(self, *, held: Sequence[str] = ()) -> float | None:
+        """As ``Store.earliest_pending``, of the jobs this worker may claim."""
+        row = self.db.execute(
+            f"SELECT MIN(not_before) FROM jobs WHERE state = 'pending' AND in_manifest = 1 AND {_CLAIMABLE}"
+            f"{not_held(held)}",
+            (self.owner_token, *held),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def others_busy(self) -> bool:
+        """Whether other workers hold jobs of the run: in flight (alive or not: a lease that runs out is taken over
+        here), or claimed to submit by a live one."""
+        marks = ",".join("?" * len(IN_FLIGHT))
+        row = self.db.execute(
+            f"SELECT EXISTS (SELECT 1 FROM jobs WHERE worker IS DISTINCT FROM ? AND (state IN ({marks}) OR "
+            "(state = 'pending' AND in_manifest = 1 AND EXISTS (SELECT 1 FROM workers w "
+            "WHERE w.token = jobs.worker))))",
+            (self.owner_token, *IN_FLIGHT),
+        ).fetchone()
+        return bool(row[0])
+
+    def next_pending(self, now: float, after_idx: int = -1, *, held: Sequence[str] = ()) -> JobRow | None:
+        """As ``Store.next_pending``, and the job is claimed for this worker (``FOR UPDATE SKIP LOCKED``): the
+        others pass it by while this worker is alive."""
+        with self.transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET worker = ? WHERE id = (SELECT id FROM jobs WHERE state = 'pending' "
+                f"AND in_manifest = 1 AND not_before <= ? AND idx > ? AND {_CLAIMABLE}{not_held(held)} "
+                "ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
+                (self.owner_token, now, after_idx, self.owner_token, *held),
+            ).fetchone()
+        return _job(row) if row else None
+
+    def mine(self, job: JobRow) -> bool:
+        """Whether ``job`` is this worker's to follow (its lease)."""
+        return job.worker == self.owner_token
+
+
+def connect(url: str) -> PgConnection:
+    """A connection to the state's database, its shared tables made or brought up to date."""
+    try:
+        conn = psycopg.connect(
+            url,
+            autocommit=True,
+            row_factory=_rows,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}",
+            application_name="batchgen",
+        )
+    except psycopg.Error as exc:
+        raise StateError(
+            f"cannot reach the state database {shown_url(url)}: {str(exc).strip()}; start PostgreSQL (README: "
+            "'A team on one account') or correct --state / $" + URL_ENV
+        ) from None
+    db = PgConnection(conn, url)
+    try:
+        _migrate(db, "batchgen", GLOBAL_MIGRATIONS)
+    except psycopg.Error as exc:
+        db.close()
+        raise StateError(f"cannot use the state database {shown_url(url)}: {exc}") from None
+    return db
+
+
+# --- the account, for `batchgen account` and `batchgen status --state` ------------------------------------------
+
+
+def set_budget(url: str, account: str, cap_micros: int | None, per: str | None) -> AccountMoney:
+    """Set the account's budget (``None``: no cap); a new period begins now when ``per`` changes."""
+    db = connect(url)
+    try:
+        db.execute("BEGIN")
+        db.execute(
+            "INSERT INTO batchgen.accounts (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+            (account, time.time()),
+        )
+        row = db.execute("SELECT per FROM batchgen.accounts WHERE id = ? FOR UPDATE", (account,)).fetchone()
+        if row[0] != per:
+            db.execute(
+                "UPDATE batchgen.accounts SET per = ?, period_start = ?, settled_micros = 0, ambiguous_micros = 0 "
+                "WHERE id = ?",
+                (per, period_start(time.time(), per), account),
+            )
+        db.execute("UPDATE batchgen.accounts SET cap_micros = ? WHERE id = ?", (cap_micros, account))
+        db.execute("COMMIT")
+        return _account_money(db, account)
+    except psycopg.Error as exc:
+        raise StateError(f"cannot set the account's budget in {shown_url(url)}: {exc}") from None
+    finally:
+        db.close()
+
+
+def _account_money(db: PgConnection, account: str) -> AccountMoney:
+    row = db.execute(
+        "SELECT cap_micros, per, period_start, settled_micros, ambiguous_micros, reserved_micros "
+        "FROM batchgen.accounts WHERE id = ?",
+        (account,),
+    ).fetchone()
+    if row is None:
+        return AccountMoney(None, None, 0.0, 0, 0, 0)
+    return AccountMoney(row[0], row[1], float(row[2]), int(row[3]), int(row[4]), int(row[5]))
+
+
+def account_overview(url: str, account: str | None) -> dict[str, Any]:
+    """Every run of the account (every run, without one): their jobs, money and workers, the account's ledger and
+    its pace, for ``batchgen status --state``."""
+    db = connect(url)
+    try:
+        now = float(db.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
+        if account is None:
+            runs = db.execute("SELECT name, schema, account FROM batchgen.runs ORDER BY name").fetchall()
+        else:
+            runs = db.execute(
+                "SELECT name, schema, account FROM batchgen.runs WHERE account = ? ORDER BY name", (account,)
+            ).fetchall()
+        accounts = sorted({row[2] for row in runs if row[2]} | ({account} if account else set()))
+        result: dict[str, Any] = {"now": now, "accounts": [], "runs": []}
+        for acct in accounts:
+            ledger = _account_money(db, acct)
+            row = db.execute(
+                "SELECT (SELECT COUNT(*) FROM batchgen.submits WHERE account = ? AND at > ?), "
+                "(SELECT paused_until FROM batchgen.paces WHERE account = ?)",
+                (acct, now - RATE_WINDOW_S, acct),
+            ).fetchone()
+            result["accounts"].append(
+                {
+                    "account": acct,
+                    "budget": ledger.describe_cap() if ledger.cap_micros is not None else None,
+                    "budget_usd": None if ledger.cap_micros is None else ledger.cap_micros / 1e6,
+                    "per": ledger.per,
+                    "period_started_at": ledger.period_start or None,
+                    "spent_usd": ledger.spent_micros / 1e6,
+                    "possibly_billed_usd": ledger.ambiguous_micros / 1e6,
+                    "reserved_usd": ledger.reserved_micros / 1e6,
+                    "left_usd": None if ledger.left_micros() is None else (ledger.left_micros() or 0) / 1e6,
+                    "submits_last_minute": int(row[0]),
+                    "paused_for_s": max(0.0, float(row[1] or 0) - now),
+                }
+            )
+        for name, schema, acct in runs:
+            result["runs"].append(_run_overview(db, name, schema, acct, now))
+        return result
+    except psycopg.Error as exc:
+        raise StateError(f"cannot read the state {shown_url(url)}: {exc}") from None
+    finally:
+        db.close()
+
+
+def _run_overview(db: PgConnection, name: str, schema: str, account: str | None, now: float) -> dict[str, Any]:
+    counts = {
+        row[0]: int(row[1])
+        for row in db.execute(f'SELECT state, COUNT(*) FROM "{schema}".jobs WHERE in_manifest = 1 GROUP BY state')
+    }
+    money = db.execute(f'SELECT settled_micros, ambiguous_micros, reserved_micros FROM "{schema}".money').fetchone()
+    budget = db.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'budget_micros'").fetchone()
+    workers = [
+        {
+            "host": row[0],
+            "pid": row[1],
+            "directory": row[2].split(":", 1)[-1],
+            "heard_from_s_ago": round(now - float(row[3]), 1),
+            "alive": now - float(row[3]) <= float(row[4]),
+            "in_flight": int(row[5]),
+        }
+        for row in db.execute(
+            f'SELECT w.host, w.pid, w.place, w.heartbeat_at, w.lease_s, (SELECT COUNT(*) FROM "{schema}".jobs j '
+            "WHERE j.worker = w.token AND j.state IN ('submitting', 'submitted', 'downloading')) "
+            f'FROM "{schema}".workers w ORDER BY w.started_at'
+        )
+    ]
+    cap = json.loads(budget[0]) if budget else None
+    return {
+        "run": name,
+        "account": account,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "spent_usd": (money[0] + money[1]) / 1e6,
+        "possibly_billed_usd": money[1] / 1e6,
+        "reserved_usd": money[2] / 1e6,
+        "budget_usd": None if cap is None else cap / 1e6,
+        "workers": workers,
+    }
+
+
+def check_state_url(url: str) -> str:
+    """``url`` when it names a PostgreSQL database, else a :class:`UsageError` saying how to write one."""
+    if not is_state_url(url):
+        raise UsageError(
+            f"--state {shown_url(url)!r} is not a PostgreSQL URL: write postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+            f"(or set ${URL_ENV}); without it the state is the run directory's state.db"
+        )
+    return url
