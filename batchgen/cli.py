@@ -1218,7 +1218,7 @@ def _account_status(args: argparse.Namespace, url: str) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return int(ExitCode.OK)
-    print(f"state {shown_url(url)}: {len(data['runs'])} run(s)")
+    print(f"state {shown_url(url)}: {len(data['runs'])} run(s), {format_dollars(data['total_spent_usd'])} spent in all")
     for account in data["accounts"]:
         budget = account["budget"] or "no account budget"
         left = "" if account["left_usd"] is None else f", {format_dollars(account['left_usd'])} left"

@@ -27,7 +27,7 @@ from yarl import URL
 
 from batchgen import __version__
 from batchgen.client import DEFAULT_BASE_URL, DEFAULT_HISTORY_URL, DEFAULT_UPLOAD_URL
-from batchgen.errors import RunLockedError, StateError, UsageError
+from batchgen.errors import OutputError, RunLockedError, StateError, UsageError
 from batchgen.images import LocalImage
 from batchgen.jobs import Job, expand
 from batchgen.manifest import Manifest, load_manifest, manifest_from_data
@@ -258,8 +258,11 @@ def _open_shared(run_dir: RunDir, shared: SharedState, *, readonly: bool = False
     store = PgStore.connect(shared.url, run_dir.root.name, run_dir.root, account=shared.account, readonly=readonly)
     store.lease_s = shared.lease_s
     if not readonly:
-        link = {"state": shown_url(shared.url), "run": run_dir.root.name}
-        write_text(run_dir.root / STATE_LINK, json.dumps(link) + "\n")
+        link = json.dumps({"state": shown_url(shared.url), "run": run_dir.root.name}) + "\n"
+        path = run_dir.root / STATE_LINK
+        with contextlib.suppress(OSError, OutputError):  # workers sharing a directory write the same line
+            if not path.exists() or path.read_text(encoding="utf-8") != link:
+                write_text(path, link)
     return store
 
 

@@ -557,14 +557,13 @@ class PgStore(Store):
 
     def next_pending(self, now: float, after_idx: int = -1, *, held: Sequence[str] = ()) -> JobRow | None:
         """As ``Store.next_pending``, and the job is claimed for this worker (``FOR UPDATE SKIP LOCKED``): the
-        others pass it by while this worker is alive."""
-        with self.transaction() as db:
-            row = db.execute(
-                "UPDATE jobs SET worker = ? WHERE id = (SELECT id FROM jobs WHERE state = 'pending' "
-                f"AND in_manifest = 1 AND not_before <= ? AND idx > ? AND {_CLAIMABLE}{not_held(held)} "
-                "ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
-                (self.owner_token, now, after_idx, self.owner_token, *held),
-            ).fetchone()
+        others pass it by while this worker is alive. One statement: a transaction of its own."""
+        row = self.db.execute(
+            "UPDATE jobs SET worker = ? WHERE id = (SELECT id FROM jobs WHERE state = 'pending' "
+            f"AND in_manifest = 1 AND not_before <= ? AND idx > ? AND {_CLAIMABLE}{not_held(held)} "
+            "ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
+            (self.owner_token, now, after_idx, self.owner_token, *held),
+        ).fetchone()
         return _job(row) if row else None
 
     def mine(self, job: JobRow) -> bool:
@@ -674,6 +673,7 @@ def account_overview(url: str, account: str | None) -> dict[str, Any]:
             )
         for name, schema, acct in runs:
             result["runs"].append(_run_overview(db, name, schema, acct, now))
+        result["total_spent_usd"] = round(sum(run["spent_usd"] for run in result["runs"]), 6)
         return result
     except psycopg.Error as exc:
         raise StateError(f"cannot read the state {shown_url(url)}: {exc}") from None

@@ -1089,7 +1089,8 @@ class Store:
         """
         stuck = [row[0] for row in self.db.execute("SELECT id FROM jobs WHERE state = 'submitting'")]
         if job_ids is not None:  # a shared state: only the jobs this worker took over
-            stuck = [job_id for job_id in stuck if job_id in set(job_ids)]
+            taken = set(job_ids)
+            stuck = [job_id for job_id in stuck if job_id in taken]
         for job_id in stuck:
             self.end_attempt(
                 job_id,

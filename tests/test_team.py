@@ -81,6 +81,9 @@ async def test_two_runs_share_the_accounts_budget(make_sim, write_manifest, tmp_
     assert status.code == 0, status.stderr
     (ledger,) = json.loads(status.stdout)["accounts"]
     assert round(ledger["spent_usd"] * 1e6) == charged and ledger["reserved_usd"] == 0
+    text = await run_cli_async("status", env=env)
+    assert f"account {account_id(DEFAULT_KEY)}: $4.00 a week" in text.stdout and "run alpha:" in text.stdout
+    assert "2 run(s)" in text.stdout and "run beta:" in text.stdout
     runs_seen = {run["run"]: run for run in json.loads(status.stdout)["runs"]}
     assert set(runs_seen) == {"alpha", "beta"}
     assert round(sum(run["spent_usd"] for run in runs_seen.values()) * 1e6) == charged
