@@ -1,4 +1,5 @@
-"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (6-9 minutes on 2 cores)."""
+"""Run every benchmark and rewrite bench/RESULTS.md: `python bench/run_all.py` (15-18 minutes on 2 cores; the team
+benchmark needs a PostgreSQL server: `.ci/run` starts one, or set BATCHGEN_TEST_POSTGRESQL)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import gallery, inflight, makespan, memory, overhead, scale
+from bench import gallery, inflight, makespan, memory, overhead, scale, team
 from bench.common import spread
 
 TARGETS = [
@@ -84,6 +85,13 @@ TARGETS = [
     ("gallery", "posters_fetched", "posters fetched before any scroll (of 10,000)", "", None),
     ("gallery", "filter_ms", "slowest of a search, a state and a shot filter (ms)", "< 100", lambda v: v < 100),
     ("gallery", "page_mb", "index.html of 10,000 jobs on disk, uncompressed (MB)", "", None),
+    ("team", "sqlite_ms", "claim and settle a job, SQLite, 1 process (ms a job; 5 transactions, no HTTP)", "", None),
+    ("team", "pg_ms", "claim and settle a job, PostgreSQL, 4 workers at once (ms a job, per worker)", "", None),
+    ("team", "sqlite_jobs_s", "the same, jobs a second: SQLite, 1 process", "", None),
+    ("team", "pg_jobs_s", "the same, jobs a second: PostgreSQL, 4 workers together", "", None),
+    ("team", "makespan_sqlite_s", "10,000 jobs run (v1, answers at once), 1 process on SQLite, c=64 (s)", "", None),
+    ("team", "makespan_pg_s", "the same, 4 workers on one PostgreSQL, c=16 each (s)", "", None),
+    ("team", "makespan_ratio", "4 workers on PostgreSQL ÷ 1 process on SQLite", "", None),
     (
         "inflight",
         "cpu_share_waiting",
@@ -103,6 +111,7 @@ def main() -> None:
         "scale": scale.main(repeats=3),
         "inflight": inflight.main(repeats=2),
         "gallery": gallery.main(repeats=3),
+        "team": team.main(repeats=2),
     }
     lines = [
         "# Benchmark results",
