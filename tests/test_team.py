@@ -43,6 +43,17 @@ async def _finish(process: asyncio.subprocess.Process, timeout: float) -> tuple[
     return process.returncode or 0, err.decode()
 
 
+async def _runs(write_manifest, tmp_path: Path, env, jobs: dict[str, int], options, timeout: float):
+    """Runs of manifests of their own (name → its number of jobs) at once, each in ``tmp_path / name``; (exit code,
+    stderr) of each."""
+    runs = []
+    for name, count in jobs.items():
+        path = write_manifest(_manifest(count, name), f"{name}.yaml")
+        out = str(tmp_path / name)
+        runs.append(await start_cli("run", str(path), "--out", out, "--no-progress", *options, env=env))
+    return [await _finish(process, timeout) for process in runs]
+
+
 def _state(pg_url: str, run: str, out: Path) -> PgStore:
     return PgStore.connect(pg_url, run, out, readonly=True)
 
@@ -54,16 +65,8 @@ async def test_two_runs_share_the_accounts_budget(make_sim, write_manifest, tmp_
     set_budget = await run_cli_async("account", "budget", "4", "--per", "week", env=env)
     assert set_budget.code == 0, set_budget.stderr
     assert "budget $4.00 a week" in set_budget.stdout and account_id(DEFAULT_KEY) in set_budget.stdout
-    runs = []
-    for name in ("alpha", "beta"):
-        path = write_manifest(_manifest(12, name), f"{name}.yaml")
-        runs.append(
-            await start_cli(
-                "run", str(path), "--out", str(tmp_path / name), "--concurrency", "8", "--rpm", "1000",
-                "--no-progress", "--history-lag-s", "1", env=env,
-            )
-        )  # fmt: skip
-    results = [await _finish(process, 60) for process in runs]
+    options = ("--concurrency", "8", "--rpm", "1000", "--history-lag-s", "1")
+    results = await _runs(write_manifest, tmp_path, env, {"alpha": 12, "beta": 12}, options, timeout=60)
     assert all(code in (0, 3) for code, _ in results), results
     assert any(code == 3 for code, _ in results), "the budget never said no: the test proves nothing"
     account = sim.account(DEFAULT_KEY)
@@ -94,16 +97,8 @@ async def test_two_runs_share_the_accounts_pace(make_sim, write_manifest, tmp_pa
     """Two runs at --rpm 60 against a provider allowing the account 60 a minute: 70 submits, not one 429."""
     sim = await make_sim(SimSettings(rpm=60))
     env = _env(sim, pg_url)
-    runs = []
-    for name in ("left", "right"):
-        path = write_manifest(_manifest(35, name), f"{name}.yaml")
-        runs.append(
-            await start_cli(
-                "run", str(path), "--out", str(tmp_path / name), "--concurrency", "40", "--rpm", "60",
-                "--no-progress", env=env,
-            )
-        )  # fmt: skip
-    results = [await _finish(process, 150) for process in runs]
+    options = ("--concurrency", "40", "--rpm", "60")
+    results = await _runs(write_manifest, tmp_path, env, {"left": 35, "right": 35}, options, timeout=150)
     assert [code for code, _ in results] == [0, 0], results
     account = sim.account(DEFAULT_KEY)
     refused = [seen for seen in account.requests if seen.status == 429]
