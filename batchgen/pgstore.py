@@ -11,9 +11,13 @@ every method's SQL is the same on both engines; what a team shares is in the sch
     batchgen.paces     one pace per account: when a 429 paused it; batchgen.submits: its submits of the last minute
 
 Locks are taken in one order (the account's ledger, then the run's money, then rows of jobs), so two transactions
-never wait on each other in a circle. Workers say they are alive in their run's ``workers`` table; a job in flight
-names its worker (its lease); a worker silent for longer than its lease is gone, and another takes its jobs over
-(``take_over``) as a resume would: by request id, never POSTed again.
+never wait on each other in a circle; the check that a job in flight is still this worker's (``_fence``) reads its
+row without a lock: a takeover in the instant between that check and the commit is the one case a lease cannot
+close, and money is still settled once (an attempt is ended by whichever transaction commits first).
+
+Workers say they are alive in their run's ``workers`` table; a job in flight names its worker (its lease); a worker
+silent for longer than its lease is gone, and another takes its jobs over (``take_over``) as a resume would: by
+request id, never POSTed again.
 """
 
 from __future__ import annotations
@@ -487,6 +491,13 @@ class PgStore(Store):
             return
         if db.execute("SELECT 1 FROM workers WHERE token = ?", (self.owner_token,)).fetchone() is None:
             raise StateError(self._gone())
+
+    def _fence(self, db: Any, job_id: str) -> None:
+        if self.owner_token is None:
+            return
+        row = db.execute("SELECT worker FROM jobs WHERE id = ?", (job_id,)).fetchone()  # no lock: see the top
+        if row is not None and row[0] is not None and row[0] != self.owner_token:
+            raise StateError(f"{job_id} was taken over by another worker: {self._gone()}")
 
     def owner(self) -> Owner | None:
         """The worker heard from last (any one: they share the run)."""

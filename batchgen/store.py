@@ -786,8 +786,13 @@ class Store:
 
     def mark_submitted(self, job_id: str, request_id: str, now: float) -> None:
         """The provider answered with a request id: it is stored at once, and the job is never POSTed again."""
-        with self.transaction():
+        with self.transaction() as db:
+            self._fence(db, job_id)
             self._submitted(job_id, request_id, now)
+
+    def _fence(self, db: Any, job_id: str) -> None:
+        """Before a change to a job in flight: it is still this process's (a shared state's jobs can be taken over
+        by another worker; one process owns every job here)."""
 
     def _submitted(self, job_id: str, request_id: str, now: float) -> None:
         db = self.db
@@ -803,13 +808,15 @@ class Store:
 
     def mark_billed_v1(self, job_id: str, request_id: str, cost_micros: int | None, now: float) -> None:
         """A v1 answer arrived with 200: the request id stored and the money settled, in one transaction."""
-        with self.transaction():
+        with self.transaction() as db:
+            self._fence(db, job_id)
             self._submitted(job_id, request_id, now)
             self._completed(job_id, cost_micros, None, now)
 
     def mark_completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
         """The generation completed: settle its money (the provider's figure, else the estimate), go download."""
-        with self.transaction():
+        with self.transaction() as db:
+            self._fence(db, job_id)
             self._completed(job_id, cost_micros, video_url, now)
 
     def _completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
@@ -846,6 +853,7 @@ class Store:
         ``--max-attempts`` (a 429, a stop).
         """
         with self.transaction() as db:
+            self._fence(db, job_id)
             attempt = _open_attempt(db, job_id)
             if attempt is not None:
                 _end_attempt(

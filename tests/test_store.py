@@ -308,6 +308,9 @@ def test_two_processes_on_one_state(request: pytest.FixtureRequest, store: Store
         assert (taken.id, taken.state, taken.request_id, taken.worker) == (first.id, "submitted", "req-1", "two")
         with pytest.raises(StateError, match="took its jobs over"):
             store.heartbeat(10.0)
+        with pytest.raises(StateError, match="taken over by another worker"):  # its late poll changes nothing
+            store.mark_completed(first.id, 1, "http://x/v.mp4", now=10.5)
+        assert store.job(first.id).state == "submitted" and store.money().spent_micros == 0
         with pytest.raises(StateError, match="took its jobs over"):
             store.begin_attempt(store.jobs()[2].id, "v2", 1, lambda money: True, now=11.0)
         assert other.next_pending(12.0) is not None  # the gone worker's claim is let go
