@@ -35,8 +35,11 @@ class Budget:
         """Whether spending has reached the warning fraction (80 %) of the cap."""
         return self.cap_micros is not None and money.spent_micros >= WARN_FRACTION * self.cap_micros
 
-    def reserve(self, store: Store, job_id: str, transport: str, estimate_micros: int, now: float) -> int | None:
-        """Reserve the estimate and mark the job submitting, in one transaction; ``None`` when it does not fit."""
+    def reserve(
+        self, store: Store, job_id: str, transport: str, estimate_micros: int, now: float, *, alone: str | None = None
+    ) -> int | None:
+        """Reserve the estimate and mark the job submitting, in one transaction; ``None`` when it does not fit (or,
+        ``alone``, while its price class waits for its price: ``store.held``)."""
         return store.begin_attempt(
-            job_id, transport, estimate_micros, lambda money: self.fits(money, estimate_micros), now
+            job_id, transport, estimate_micros, lambda money: self.fits(money, estimate_micros), now, alone=alone
         )

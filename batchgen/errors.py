@@ -79,6 +79,10 @@ class RunLockedError(StateError):
     """Another batchgen process holds the run directory."""
 
 
+class JobGone(StateError):
+    """A job is no longer in the state an action on it needs (another worker or command changed it)."""
+
+
 class OutputError(BatchgenError):
     """A file of the run directory could not be written."""
 

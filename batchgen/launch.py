@@ -252,31 +252,22 @@ def state_url(flag: str | None, environ: Mapping[str, str]) -> str | None:
     return None if url is None else check_state_url(url)
 
 
-def _open_shared(run_dir: RunDir, shared: SharedState, *, readonly: bool = False) -> Store:
+def _open_shared(run_dir: RunDir, shared: SharedState, *, readonly: bool = False, create: bool = False) -> Store:
+    """The run of ``run_dir``'s name in the shared state (made when ``create``: a run; a command on an existing run
+    is told there is none, and the run directory is left as it is)."""
     from batchgen.pgstore import PgStore, shown_url
 
-    store = PgStore.connect(shared.url, run_dir.root.name, run_dir.root, account=shared.account, readonly=readonly)
+    store = PgStore.connect(
+        shared.url, run_dir.root.name, run_dir.root, account=shared.account, readonly=readonly, create=create
+    )
     store.lease_s = shared.lease_s
-    if not readonly:
+    if create:
         link = json.dumps({"state": shown_url(shared.url), "run": run_dir.root.name}) + "\n"
         path = run_dir.root / STATE_LINK
         with contextlib.suppress(OSError, OutputError):  # workers sharing a directory write the same line
             if not path.exists() or path.read_text(encoding="utf-8") != link:
                 write_text(path, link)
     return store
-
-
-def _refuse_other_manifest(store: Store, digest: str | None) -> None:
-    """Workers of one run share its jobs: one that brings another manifest (or another version of it) while others
-    run would take their jobs out of the run; it is refused."""
-    live: list[Any] = getattr(store, "live_workers", list)()
-    known = store.get_meta("manifest_digest")
-    if live and digest is not None and known is not None and known != digest:
-        hosts = ", ".join(sorted({f"{worker.host} (pid {worker.pid})" for worker in live}))
-        raise RunLockedError(
-            f"the workers running {store.where} ({hosts}) run another version of its manifest: run the same "
-            "manifest, or give this one another run name (--out)"
-        )
 
 
 def _refuse_company(store: Store, alone: bool) -> None:
@@ -309,10 +300,9 @@ def open_run(
     if lock is not None:
         lock.acquire()
     try:
-        store = Store.open(run_dir.state) if shared is None else _open_shared(run_dir, shared)
+        store = Store.open(run_dir.state) if shared is None else _open_shared(run_dir, shared, create=True)
         try:
             claim(store)
-            _refuse_other_manifest(store, digest)
             if shared is not None:
                 _refuse_company(store, shared.alone)
             now = time.time()
@@ -324,7 +314,10 @@ def open_run(
                 tables = {slug: manifest.price_table(model) for slug, model in models.items()}
                 estimates = [estimate_micros(job.payload, models[job.model], tables[job.model]) for job in jobs]
                 classes = [price_class(job.payload, models[job.model]) for job in jobs]
-                store.sync_jobs(jobs, estimates, classes, now)
+                # Workers of one run share its jobs: one with another manifest or budget than the live ones is refused
+                # (checked and recorded under the run's lock, so that two starting together cannot both pass).
+                terms = None if shared is None else {"digest": digest, "budget_micros": budget_micros}
+                store.sync_jobs(jobs, estimates, classes, now, terms)
                 images = list(manifest.local_images().values())
                 store.sync_images([ImageRow(i.sha256, i.path, i.mime, i.size) for i in images])
                 store.set_meta(manifest_data=manifest.data, manifest_images=image_stamps(images))

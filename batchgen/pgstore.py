@@ -22,25 +22,32 @@ request id, never POSTed again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.rows import RowMaker
 
 from batchgen.account import AccountMoney, next_period, period_start
-from batchgen.errors import StateError, UsageError
+from batchgen.errors import RunLockedError, StateError, UsageError
 from batchgen.store import IN_FLIGHT, JobRow, Owner, Store, WorkerRow, _job, not_held
 
 RATE_WINDOW_S = 61.0  # a minute, and a second for the way to the provider (a guess: its window is not documented)
 STATEMENT_TIMEOUT_MS = 60_000  # nothing waits forever: a statement (or a lock it waits for) gives up after a minute
 CONNECT_TIMEOUT_S = 10
+SILENT_S = STATEMENT_TIMEOUT_MS / 1000 + 15  # a statement unanswered this long: the server or the path went silent
+WATCH_EVERY_S = 1.0
 URL_ENV = "BATCHGEN_STATE_URL"
 
 
@@ -91,46 +98,94 @@ def _sql(text: str) -> str:
 
 class PgConnection:
     """What the store asks of a connection (``execute``, ``executemany``, ``close``), on psycopg in autocommit mode:
-    the store says BEGIN and COMMIT itself."""
+    the store says BEGIN and COMMIT itself.
+
+    The server bounds what it does (``statement_timeout``, ``lock_timeout``), but a server, or a path to it, that goes
+    silent would leave a statement waiting forever (TCP keeps a quiet connection open): a watchdog thread shuts the
+    connection's socket when a statement has waited ``SILENT_S``, and the statement fails, saying so.
+    """
 
     def __init__(self, conn: psycopg.Connection[Any], url: str) -> None:
         self.conn = conn
         self.url = url
+        self._since: float | None = None  # when the statement under way was sent (monotonic)
+        self._silenced = False
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="batchgen-state-watchdog", daemon=True).start()
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        self._since = time.monotonic()
         try:
             return self.conn.execute(_sql(sql), tuple(parameters))
         except psycopg.Error as exc:
             raise self._failed(exc) from None
+        finally:
+            self._since = None
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Any:
+        self._since = time.monotonic()
         try:
             cursor = self.conn.cursor()
             cursor.executemany(_sql(sql), [tuple(row) for row in parameters])
         except psycopg.Error as exc:
             raise self._failed(exc) from None
+        finally:
+            self._since = None
         return cursor
+
+    def close(self) -> None:
+        self._closed.set()
+        self.conn.close()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(WATCH_EVERY_S):
+            since = self._since
+            if since is not None and time.monotonic() - since > SILENT_S and not self._silenced:
+                self._silenced = True
+                with (
+                    contextlib.suppress(OSError, psycopg.Error),
+                    socket.socket(fileno=os.dup(self.conn.pgconn.socket)) as sock,
+                ):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _failed(self, exc: psycopg.Error) -> StateError:
         """A statement that failed (the server gone, a lock waited for past the timeout): said with the state's
         URL, without its password; a transaction it was part of is rolled back (or was, by the server)."""
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StateError(f"the state {shown_url(self.url)} failed: {text}")
+        if self._silenced:
+            text = f"no answer for {SILENT_S:.0f} s, the connection was given up ({text})"
+        return StateError(f"the state {shown_url(self.url)} failed: {redacted(text, self.url)}")
 
-    def close(self) -> None:
-        self.conn.close()
+
+_URL = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:(?P<user>[^:@/?#]*)(?::(?P<password>[^@/?#]*))?@)?"
+    r"(?P<rest>[^?#]*)"
+)
 
 
 def shown_url(url: str) -> str:
-    """The state's URL for messages: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    """The state's URL for messages and files: without its password and without its query (where libpq takes
+    ``?password=`` too). Never fails, whatever the text."""
+    match = _URL.match(url)
+    if match is None:
+        return "the state's URL"
+    user = f"{match['user']}@" if match["user"] else ""
+    return f"{match['scheme']}{user}{match['rest']}"
+
+
+def _secrets(url: str) -> list[str]:
+    """The passwords a URL carries (in its user part, or as ``password=`` in its query), to keep out of messages."""
+    match = _URL.match(url)
+    found = [match["password"]] if match is not None and match["password"] else []
+    found += re.findall(r"[?&]password=([^&#]+)", url)
+    return [secret for secret in found if secret]
+
+
+def redacted(text: str, url: str) -> str:
+    """``text`` (a driver's message, say) with every password of ``url`` replaced by ``***``."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
 
 
 def is_state_url(text: str | None) -> bool:
@@ -293,6 +348,7 @@ class PgStore(Store):
         self.run_dir = run_dir
         self.account = account
         self.lease_s = 60.0
+        self.place = f"{socket.gethostname()}:{run_dir.resolve()}"  # a reader's too: its done videos are here
 
     @property
     def where(self) -> str:
@@ -304,15 +360,22 @@ class PgStore(Store):
 
     @classmethod
     def connect(
-        cls, url: str, run: str, run_dir: Path, *, account: str | None = None, readonly: bool = False
+        cls,
+        url: str,
+        run: str,
+        run_dir: Path,
+        *,
+        account: str | None = None,
+        readonly: bool = False,
+        create: bool = True,
     ) -> PgStore:
-        """Open the run ``run``'s state in the database at ``url`` (made and migrated when new, unless
-        ``readonly``); ``account``: the hash of the key its runs spend from (see ``account.account_id``)."""
+        """Open the run ``run``'s state in the database at ``url`` (made and migrated when new, when ``create``
+        and not ``readonly``); ``account``: the hash of the key its runs spend from (see ``account.account_id``)."""
         db = connect(url)
         try:
             schema = run_schema(run)
             known = db.execute("SELECT account FROM batchgen.runs WHERE name = ?", (run,)).fetchone()
-            if known is None and readonly:
+            if known is None and (readonly or not create):
                 raise StateError(f"no run {run!r} in the state {shown_url(url)}: nothing has run under that name yet")
             if not readonly:
                 _migrate(db, schema, RUN_MIGRATIONS)
@@ -339,7 +402,7 @@ class PgStore(Store):
             db.execute(f'SET search_path TO "{schema}"')
         except psycopg.Error as exc:
             db.close()
-            raise StateError(f"cannot use the state {shown_url(url)}: {exc}") from None
+            raise StateError(f"cannot use the state {shown_url(url)}: {redacted(str(exc), url)}") from None
         except BaseException:
             db.close()
             raise
@@ -364,11 +427,19 @@ class PgStore(Store):
             )
         super()._move(db, settled=settled, ambiguous=ambiguous, reserved=reserved)
 
-    def _fits(self, db: Any, estimate_micros: int) -> bool:
-        self.refusal = None
+    def _money_first(self, db: Any) -> None:
+        if self.account is not None:
+            db.execute("SELECT 1 FROM batchgen.accounts WHERE id = ? FOR UPDATE", (self.account,))
+        db.execute("SELECT 1 FROM money FOR UPDATE")
+
+    def account_fits(self, estimate_micros: int) -> bool:
         if self.account is None:
             return True
-        ledger = self._ledger(db, lock=True)
+        return self._fits_ledger(self._ledger(self.db), estimate_micros)
+
+    def _fits_ledger(self, ledger: AccountMoney, estimate_micros: int) -> bool:
+        """Whether ``ledger`` takes ``estimate_micros`` more; ``self.refusal`` says why not."""
+        self.refusal = None
         if ledger.fits(estimate_micros):
             return True
         left = max(0, ledger.left_micros() or 0)
@@ -377,6 +448,70 @@ class PgStore(Store):
             f"${left / 1e6:,.2f} left"
         )
         return False
+
+    def _schemas(self, db: Any) -> list[str]:
+        """The schemas of every run of the account (this run's alone without one)."""
+        if self.account is None:
+            return [run_schema(self.run)]
+        rows = db.execute("SELECT schema FROM batchgen.runs WHERE account = ? ORDER BY schema", (self.account,))
+        return [row[0] for row in rows] or [run_schema(self.run)]
+
+    def _class_in_flight(self, db: Any, price_class: str) -> bool:
+        """Under the account's lock (``_fits`` took it): an attempt of ``price_class`` in flight in any run."""
+        parts = " UNION ALL ".join(
+            f"SELECT 1 FROM \"{schema}\".jobs WHERE price_class = ? AND state IN ('submitting', 'submitted')"
+            for schema in self._schemas(db)
+        )
+        classes = [price_class] * parts.count("?")
+        return db.execute(f"SELECT EXISTS ({parts})", classes).fetchone()[0] is True
+
+    def classes_in_flight(self) -> set[str]:
+        """As ``Store.classes_in_flight``, and those in flight in the account's other runs: a price nobody has seen
+        is bought once for the account, not once a run."""
+        found = super().classes_in_flight()
+        others = [schema for schema in self._schemas(self.db) if schema != run_schema(self.run)]
+        for schema in others:
+            rows = self.db.execute(
+                f"SELECT DISTINCT price_class FROM \"{schema}\".jobs WHERE state IN ('submitting', 'submitted')"
+            )
+            found |= {row[0] for row in rows}
+        return found
+
+    def prices_seen(self, since: float | None = None) -> dict[str, int]:
+        """As ``Store.prices_seen``, over every run of the account (what the provider charged one run for a kind of
+        clip, it charges the others)."""
+        prices: dict[str, int] = {}
+        for schema in self._schemas(self.db):
+            rows = self.db.execute(
+                f'SELECT j.price_class, MAX(a.provider_cost_micros) FROM "{schema}".attempts a JOIN "{schema}".jobs j '
+                "ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL AND a.ended_at >= ? "
+                "GROUP BY j.price_class",
+                (since or 0.0,),
+            )
+            for price_class, cost in rows:
+                prices[price_class] = max(int(cost), prices.get(price_class, 0))
+        return prices
+
+    def _check_terms(self, db: Any, terms: dict[str, Any]) -> None:
+        """Under the run's lock (``sync_jobs`` took it): a worker whose manifest or budget differs from the live
+        workers' is refused (it would take their jobs out of the run, or skip them by a budget of its own)."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'terms'").fetchone()
+        known = json.loads(row[0]) if row else None
+        live = self.live_workers()
+        if known is None or known == terms or not live:
+            return
+        hosts = ", ".join(sorted({f"{worker.host} (pid {worker.pid})" for worker in live}))
+        what = "manifest" if known.get("digest") != terms.get("digest") else "budget"
+        raise RunLockedError(
+            f"the workers running {self.where} ({hosts}) run it with another {what}: run the same manifest with "
+            "the same --budget, or give this one another run name (--out)"
+        )
+
+    def _fits(self, db: Any, estimate_micros: int) -> bool:
+        self.refusal = None
+        if self.account is None:
+            return True
+        return self._fits_ledger(self._ledger(db, lock=True), estimate_micros)
 
     def _ledger(self, db: Any, *, lock: bool = False) -> AccountMoney:
         """The account's ledger, its period rolled over first when it ended (then spent starts again at zero)."""
@@ -390,13 +525,14 @@ class PgStore(Store):
         ledger = AccountMoney(row[0], row[1], float(row[2]), int(row[3]), int(row[4]), int(row[5]))
         ends = next_period(ledger.period_start, ledger.per)
         now = time.time()
-        if lock and ends is not None and now >= ends:
+        if lock and ends is not None and now >= ends and self.account is not None:
             start = period_start(now, ledger.per)
+            settled, ambiguous = _recount(db, self.account, start)
             db.execute(
-                "UPDATE batchgen.accounts SET period_start = ?, settled_micros = 0, ambiguous_micros = 0 WHERE id = ?",
-                (start, self.account),
+                "UPDATE batchgen.accounts SET period_start = ?, settled_micros = ?, ambiguous_micros = ? WHERE id = ?",
+                (start, settled, ambiguous, self.account),
             )
-            ledger = AccountMoney(ledger.cap_micros, ledger.per, start, 0, 0, ledger.reserved_micros)
+            ledger = AccountMoney(ledger.cap_micros, ledger.per, start, settled, ambiguous, ledger.reserved_micros)
         return ledger
 
     def account_money(self) -> AccountMoney | None:
@@ -595,15 +731,15 @@ def connect(url: str) -> PgConnection:
         )
     except psycopg.Error as exc:
         raise StateError(
-            f"cannot reach the state database {shown_url(url)}: {str(exc).strip()}; start PostgreSQL (README: "
-            "'A team on one account') or correct --state / $" + URL_ENV
+            f"cannot reach the state database {shown_url(url)}: {redacted(str(exc).strip(), url)}; start PostgreSQL "
+            "(docs/team.md) or correct --state / $" + URL_ENV
         ) from None
     db = PgConnection(conn, url)
     try:
         _migrate(db, "batchgen", GLOBAL_MIGRATIONS)
     except psycopg.Error as exc:
         db.close()
-        raise StateError(f"cannot use the state database {shown_url(url)}: {exc}") from None
+        raise StateError(f"cannot use the state database {shown_url(url)}: {redacted(str(exc), url)}") from None
     return db
 
 
@@ -620,19 +756,36 @@ def set_budget(url: str, account: str, cap_micros: int | None, per: str | None) 
             (account, time.time()),
         )
         row = db.execute("SELECT per FROM batchgen.accounts WHERE id = ? FOR UPDATE", (account,)).fetchone()
-        if row[0] != per:
+        if row[0] != per:  # what was spent in the new period (all of it, for a fixed total), from every run's books
+            start = period_start(time.time(), per)
+            settled, ambiguous = _recount(db, account, start)
             db.execute(
-                "UPDATE batchgen.accounts SET per = ?, period_start = ?, settled_micros = 0, ambiguous_micros = 0 "
+                "UPDATE batchgen.accounts SET per = ?, period_start = ?, settled_micros = ?, ambiguous_micros = ? "
                 "WHERE id = ?",
-                (per, period_start(time.time(), per), account),
+                (per, start, settled, ambiguous, account),
             )
         db.execute("UPDATE batchgen.accounts SET cap_micros = ? WHERE id = ?", (cap_micros, account))
         db.execute("COMMIT")
         return _account_money(db, account)
     except psycopg.Error as exc:
-        raise StateError(f"cannot set the account's budget in {shown_url(url)}: {exc}") from None
+        raise StateError(f"cannot set the account's budget in {shown_url(url)}: {redacted(str(exc), url)}") from None
     finally:
         db.close()
+
+
+def _recount(db: Any, account: str, since: float) -> tuple[int, int]:
+    """What the account's runs spent since ``since`` (settled, possibly billed), from their attempts: the truth the
+    ledger's running totals are kept equal to."""
+    settled = ambiguous = 0
+    for (schema,) in db.execute("SELECT schema FROM batchgen.runs WHERE account = ?", (account,)).fetchall():
+        row = db.execute(
+            "SELECT COALESCE(SUM(CASE WHEN money = 'settled' THEN settled_micros ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN money = 'ambiguous' THEN settled_micros ELSE 0 END), 0) "
+            f'FROM "{schema}".attempts WHERE ended_at >= ?',
+            (since,),
+        ).fetchone()
+        settled, ambiguous = settled + int(row[0]), ambiguous + int(row[1])
+    return settled, ambiguous
 
 
 def _account_money(db: PgConnection, account: str) -> AccountMoney:
@@ -687,7 +840,7 @@ def account_overview(url: str, account: str | None) -> dict[str, Any]:
         result["total_spent_usd"] = round(sum(run["spent_usd"] for run in result["runs"]), 6)
         return result
     except psycopg.Error as exc:
-        raise StateError(f"cannot read the state {shown_url(url)}: {exc}") from None
+        raise StateError(f"cannot read the state {shown_url(url)}: {redacted(str(exc), url)}") from None
     finally:
         db.close()
 

@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 from batchgen.budget import Budget
 from batchgen.canonical import canonical_json
 from batchgen.decisions import Decision, StopReason, attempt_outcome, match_history, stop_reason
-from batchgen.errors import BatchgenError, ExitCode, ProtocolError, StateError
+from batchgen.errors import BatchgenError, ExitCode, JobGone, ProtocolError, StateError
 from batchgen.history import HistoryRow
 from batchgen.images import ImageProblem, data_url, refs_in, with_urls
 from batchgen.journal import read_requests
@@ -312,6 +312,7 @@ class Runner:
         self._poll_failures: dict[str, int] = {}  # unreadable status answers in a row, per watched job
         self._last_heard: dict[str, float] = {}  # per watched job, when a poll last got a usable answer
         self._history_trouble = store.get_meta("history_trouble") is not None  # status says so until it answers
+        self._heard_at = clock()  # when the state last heard this process is alive (its heartbeat)
         self._uploads: dict[str, asyncio.Lock] = {}  # one upload at a time per image content
         self._upload_failures: dict[str, int] = {}  # per job, its failed uploads in a row
 
@@ -386,6 +387,7 @@ class Runner:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             self.store.heartbeat(self.clock())
+            self._heard_at = self.clock()
             if self.store.shared:
                 await self._take_over()
 
@@ -722,14 +724,18 @@ class Runner:
         if self.budget.cap_micros is None and not self.store.shared:  # a shared state may have an account's cap
             return []
         unconfirmed = self.store.classes_in_flight() - self._confirmed
-        if unconfirmed and self.store.shared:  # what the provider told the other workers since this one began
-            for price_class, cost in self.store.prices_seen(since=self._started_at).items():
-                self._prices[price_class] = max(cost, self._prices.get(price_class, 0))
-                self._confirmed.add(price_class)
+        if unconfirmed and self.store.shared:
+            self._learn_prices()
             unconfirmed -= self._confirmed
         if not unconfirmed:
             return []
         return sorted(self.store.pending_classes() - self._confirmed)
+
+    def _learn_prices(self) -> None:
+        """A shared state: what the provider told the account's other runs and workers since this one began."""
+        for price_class, cost in self.store.prices_seen(since=self._started_at).items():
+            self._prices[price_class] = max(cost, self._prices.get(price_class, 0))
+            self._confirmed.add(price_class)
 
     def _reservation(self, job: JobRow) -> int:
         """What a submit reserves: the estimate, or the highest price the provider charged for the class if more;
@@ -760,20 +766,36 @@ class Runner:
 
     async def _submit_one(self, job: JobRow) -> None:
         await self.slots.acquire()
+        if self.store.shared and job.price_class not in self._confirmed:
+            self._learn_prices()  # another run may have been told its price meanwhile: reserve that
         reservation = self._reservation(job)
-        if not self.budget.fits(self.store.money(), reservation):  # said before a rate token is spent on it
+        # Said before a rate token is spent on it (the account's pace is every run's: a refused job takes none).
+        run_fits = self.budget.fits(self.store.money(), reservation)
+        if not run_fits or not self.store.account_fits(reservation):
             await self.slots.release()
-            await self._over_budget(job, reservation)
+            await self._over_budget(job, reservation, None if not run_fits else self.store.refusal)
             return
+        # A shared state: a price nobody has told this worker yet is bought once for the whole account at a time.
+        alone = job.price_class if self.store.shared and job.price_class not in self._confirmed else None
         try:
             await self.rate.acquire()
             if self.stop.submits_closed or self._past_deadline():
                 await self.slots.release()
                 return
-            attempt = self.budget.reserve(self.store, job.id, self.settings.transport, reservation, self.clock())
+            attempt = self.budget.reserve(
+                self.store, job.id, self.settings.transport, reservation, self.clock(), alone=alone
+            )
+        except JobGone as exc:  # another worker (or `batchgen retry`) changed it meanwhile: the next one
+            await self.slots.release()
+            self._event("info", job.id, f"- {exc}")
+            return
         except BaseException:
             await self.slots.release()
             raise
+        if attempt is None and self.store.held:
+            await self.slots.release()
+            await self._wait_for_change(self.clock() + self.settings.heartbeat_s)  # its class's price, first
+            return
         if attempt is None:
             await self.slots.release()
             await self._over_budget(job, reservation, self.store.refusal)
@@ -819,8 +841,9 @@ class Runner:
         expected = self._typical_generation_s() if median is None else median
         if self.clock() + expected <= deadline:
             return False
-        for job in self.store.jobs(["pending"]):
-            self.store.mark_skipped(job.id, "deadline: a job started now would not finish in time", self.clock())
+        if not self.store.shared:  # a worker's deadline is its own: the others submit what is left
+            for job in self.store.jobs(["pending"]):
+                self.store.mark_skipped(job.id, "deadline: a job started now would not finish in time", self.clock())
         self.stop.submits_closed = True  # not a stop of the run: what is in flight finishes
         self.stop.reason = self.stop.reason or "deadline"
         self._event("stop", None, "stopped submitting: the deadline is near")
@@ -887,7 +910,16 @@ class Runner:
         self._write_job_log(job.id)
         self._notify()
 
+    def _hold_lease(self) -> None:
+        """Before a POST of a shared state: the job is surely still this worker's. Heard from within two heartbeats
+        (a third of the lease) it is; else (the process was paused: a laptop asleep, a stopped process) a heartbeat
+        now renews the lease, or says another worker took the job over, and this one stops without sending."""
+        if self.store.shared and self.clock() - self._heard_at > 2 * self.settings.heartbeat_s:
+            self.store.heartbeat(self.clock())
+            self._heard_at = self.clock()
+
     async def _post_v2(self, job: JobRow) -> None:
+        self._hold_lease()
         try:
             request_id = await self.client.submit(job.model, self._sent_payload(job))
         except AnswerError as exc:
@@ -902,6 +934,7 @@ class Runner:
         self._notify()
 
     async def _post_v1(self, job: JobRow) -> None:
+        self._hold_lease()
         part = PartFile(self.run_dir.video(job.id))
         billed: list[Completed] = []
         posted_at = self.clock()

@@ -31,7 +31,7 @@ from typing import Any
 
 from batchgen.account import AccountMoney
 from batchgen.canonical import canonical_json, content_hash
-from batchgen.errors import RunLockedError, StateError
+from batchgen.errors import JobGone, RunLockedError, StateError
 from batchgen.jobs import Job
 
 STATES = ("pending", "submitting", "submitted", "downloading", "done", "failed", "lost", "skipped")
@@ -309,6 +309,7 @@ class Store:
         self.took_over: Owner | None = None  # the stale owner ``claim`` took the directory from, to be said
         self.place: str | None = None  # ``host:run directory`` of this process's videos (set by ``claim``)
         self.refusal: str | None = None  # why a limit beyond the run's budget refused the last attempt (``_fits``)
+        self.held = False  # the last attempt waits for the price of its class (``begin_attempt(alone=…)``)
 
     @property
     def where(self) -> str:
@@ -408,6 +409,23 @@ class Store:
             (settled, ambiguous, reserved),
         )
 
+    def _class_in_flight(self, db: Any, price_class: str) -> bool:
+        """Whether an attempt of ``price_class`` is in flight where it counts (a shared state: in any run of the
+        account); a lone run's own hold is the runner's (``_held_classes``)."""
+        return False
+
+    def _check_terms(self, db: Any, terms: dict[str, Any]) -> None:
+        """A shared state refuses a worker on other terms than the live ones' (one process owns this state)."""
+
+    def _money_first(self, db: Any) -> None:
+        """Lock what money moves need before any row of a job (a shared state: the account's ledger, then the run's
+        money), so that transactions meet their locks in one order; SQLite's ``BEGIN IMMEDIATE`` holds them all."""
+
+    def account_fits(self, estimate_micros: int) -> bool:
+        """Whether the account's budget (a shared state's) could take an attempt of ``estimate_micros`` now: a look
+        before the pace is asked for a slot; ``begin_attempt`` decides. No account here."""
+        return True
+
     def _fits(self, db: Any, estimate_micros: int) -> bool:
         """Whether limits beyond the run's budget let an attempt of ``estimate_micros`` begin (none here: a shared
         state checks its account's budget)."""
@@ -430,13 +448,28 @@ class Store:
 
     # --- the job list -------------------------------------------------------------------------------------
 
-    def sync_jobs(self, jobs: Sequence[Job], estimates: Sequence[int], classes: Sequence[str], now: float) -> int:
+    def sync_jobs(
+        self,
+        jobs: Sequence[Job],
+        estimates: Sequence[int],
+        classes: Sequence[str],
+        now: float,
+        terms: dict[str, Any] | None = None,
+    ) -> int:
         """Add jobs new to the manifest, mark the rest in or out of it, and put skipped jobs back in line.
 
-        Returns how many jobs were added. Jobs no longer in the manifest are kept, never deleted.
+        Returns how many jobs were added. Jobs no longer in the manifest are kept, never deleted. ``terms`` (what
+        the jobs were made from: the manifest's digest, the budget) are recorded in the same transaction, after a
+        shared state checked that no live worker runs the run on other terms.
         """
         with self.transaction() as db:
             db.execute(f"SELECT 1 FROM money{self._for_update}")  # workers starting together sync one at a time
+            if terms is not None:
+                self._check_terms(db, terms)
+                db.execute(
+                    "INSERT INTO meta VALUES ('terms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (json.dumps(terms),),
+                )
             known = {row[0] for row in db.execute("SELECT id FROM jobs")}
             new = [(job, estimate) for job, estimate in zip(jobs, estimates, strict=True) if job.id not in known]
             db.executemany(
@@ -664,21 +697,37 @@ class Store:
     # --- transitions: each one transaction, before the action it allows ----------------------------------
 
     def begin_attempt(
-        self, job_id: str, transport: str, estimate_micros: int, allow: Callable[[Money], bool], now: float
+        self,
+        job_id: str,
+        transport: str,
+        estimate_micros: int,
+        allow: Callable[[Money], bool],
+        now: float,
+        *,
+        alone: str | None = None,
     ) -> int | None:
         """Reserve ``estimate_micros`` and mark the job ``submitting``, if ``allow(money)`` says so.
 
         The check and the reservation are one transaction: no two attempts can both take the last dollars.
+        ``alone``: the job's price class has no confirmed price yet; a shared state begins it only while no run of
+        the account has one of that class in flight (``None`` returned, ``self.held`` set). :class:`JobGone`
+        when the job is no longer pending (another worker or command changed it).
         """
+        self.held = False
         with self.transaction() as db:
             self._check_owner(db)
-            if not self._fits(db, estimate_micros) or not allow(self._money_of(db, lock=True)):
+            if not self._fits(db, estimate_micros):
+                return None
+            if alone is not None and self._class_in_flight(db, alone):
+                self.held = True
+                return None
+            if not allow(self._money_of(db, lock=True)):
                 return None
             row = db.execute(
                 f"SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'{self._for_update}", (job_id,)
             ).fetchone()
             if row is None:  # only a pending job begins an attempt: never one another process has taken
-                raise StateError(f"{job_id} is no longer pending in {self.where}: another process changed it")
+                raise JobGone(f"{job_id} is no longer pending in {self.where}: another process changed it")
             attempt_id = int(
                 db.execute(
                     "INSERT INTO attempts (job_id, number, transport, started_at, money, reserved_micros) "
@@ -809,6 +858,7 @@ class Store:
     def mark_billed_v1(self, job_id: str, request_id: str, cost_micros: int | None, now: float) -> None:
         """A v1 answer arrived with 200: the request id stored and the money settled, in one transaction."""
         with self.transaction() as db:
+            self._money_first(db)
             self._fence(db, job_id)
             self._submitted(job_id, request_id, now)
             self._completed(job_id, cost_micros, None, now)
@@ -816,6 +866,7 @@ class Store:
     def mark_completed(self, job_id: str, cost_micros: int | None, video_url: str | None, now: float) -> None:
         """The generation completed: settle its money (the provider's figure, else the estimate), go download."""
         with self.transaction() as db:
+            self._money_first(db)
             self._fence(db, job_id)
             self._completed(job_id, cost_micros, video_url, now)
 
@@ -853,6 +904,7 @@ class Store:
         ``--max-attempts`` (a 429, a stop).
         """
         with self.transaction() as db:
+            self._money_first(db)
             self._fence(db, job_id)
             attempt = _open_attempt(db, job_id)
             if attempt is not None:
@@ -915,6 +967,7 @@ class Store:
         The attempt's money goes back from possibly billed to reserved, to be settled when it completes.
         """
         with self.transaction() as db:
+            self._money_first(db)
             reserved = db.execute("SELECT reserved_micros FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
             self._move(db, ambiguous=-reserved, reserved=reserved)
             db.execute(
@@ -945,6 +998,7 @@ class Store:
         unknown (``None``: not there after the lag allowance; it stays possibly billed). Either way it is settled
         for good, and the job is submitted again."""
         with self.transaction() as db:
+            self._money_first(db)
             if billed is False:
                 reserved = db.execute("SELECT reserved_micros FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
                 self._move(db, ambiguous=-reserved)
@@ -971,6 +1025,7 @@ class Store:
     def recovered(self, job_id: str, video_url: str, cost_micros: int | None, now: float) -> None:
         """The request history has the clip of a lost job: settle it with the provider's figure, go download it."""
         with self.transaction() as db:
+            self._money_first(db)
             row = db.execute(
                 "SELECT * FROM attempts WHERE job_id = ? AND outcome = 'lost' ORDER BY id DESC LIMIT 1", (job_id,)
             ).fetchone()
@@ -1008,6 +1063,7 @@ class Store:
     def mark_done_many(self, placed: Sequence[tuple[str, str, str, dict[str, Any], list[str]]], now: float) -> None:
         """Several videos placed together: ``(job id, video path, sha256, probe, warnings)`` each, one transaction."""
         with self.transaction() as db:
+            self._money_first(db)
             db.executemany(
                 "UPDATE jobs SET state = 'done', video_path = ?, sha256 = ?, probe = ?, warnings = ?, reason = NULL, "
                 "placed_on = ?, finished_at = ?, updated_at = ? WHERE id = ?",
@@ -1031,6 +1087,7 @@ class Store:
         restored copy): the job carries on with it, in a new attempt, never submitted again. False when the job is
         not pending (nothing to adopt it into)."""
         with self.transaction() as db:
+            self._money_first(db)
             self._check_owner(db)
             row = db.execute("SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'", (job_id,)).fetchone()
             if row is None:
@@ -1116,6 +1173,7 @@ class Store:
         A failed job whose clip was paid (it has a video URL) goes back to downloading, never to a new submit.
         """
         with self.transaction() as db:
+            self._money_first(db)
             marks = ",".join("?" * len(states))
             ids = [row[0] for row in db.execute(f"SELECT id FROM jobs WHERE state IN ({marks})", tuple(states))]
             db.execute(

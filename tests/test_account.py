@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,3 +88,95 @@ def test_a_budget_and_a_pause_are_shared_by_the_runs_of_an_account(pg_url: str, 
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("postgresql://u:s3cret@db:5432/x", "postgresql://u@db:5432/x", "s3cret"),
+        ("postgresql://u@db/x?password=s3cret&sslmode=require", "postgresql://u@db/x", "s3cret"),
+        ("postgresql://u:SEC RET@db/x", "postgresql://u@db/x", "SEC RET"),
+        ("postgresql://u:s3cret@127.0.0.1:notaport/db", "postgresql://u@127.0.0.1:notaport/db", "s3cret"),
+        ("postgresql://u:s3cret@[::1/db", "postgresql://u@[::1/db", "s3cret"),
+        ("postgresql://u:p%40ss@db/x", "postgresql://u@db/x", "p@ss"),
+    ],
+)
+def test_a_state_url_is_shown_without_its_password(url: str, shown: str, secret: str) -> None:
+    from batchgen.pgstore import redacted, shown_url
+
+    assert shown_url(url) == shown
+    assert redacted(f'unexpected spaces found in "{secret}" of {url}', url).count("***") >= 1
+    assert secret not in redacted(f"driver said {secret!r}", url)
+
+
+def test_bad_state_urls_are_said_without_a_traceback_or_the_password() -> None:
+    for url in ("postgresql://u:s3cret@127.0.0.1:notaport/db", "postgresql://u:s3cret@[::1/db"):
+        done = run_cli("status", "--state", url, env={"PATH": "/usr/bin:/bin"})
+        assert done.returncode == 2 and "Traceback" not in done.stderr and "s3cret" not in done.stderr, done.stderr
+
+
+def test_changing_the_period_recounts_what_was_spent(pg_url: str, tmp_path: Path, write_manifest) -> None:
+    """Switching a weekly cap to a fixed total (or back) counts the runs' own attempts again: it never forgets."""
+    from batchgen import expand, load_manifest
+    from batchgen.pgstore import PgStore, set_budget
+
+    set_budget(pg_url, "acct", 10_000_000, "week")
+    store = PgStore.connect(pg_url, "r", tmp_path / "r", account="acct")
+    try:
+        store.sync_jobs(expand(load_manifest(write_manifest(batch_manifest(2)))), [600_000] * 2, ["c"] * 2, now=1.0)
+        job_id = store.jobs()[0].id
+        store.begin_attempt(job_id, "v2", 600_000, lambda money: True, now=time.time())
+        store.mark_completed(job_id, 700_000, "http://x/v.mp4", now=time.time())
+        assert set_budget(pg_url, "acct", 10_000_000, "day").spent_micros == 700_000
+        assert set_budget(pg_url, "acct", 4_000_000, None).spent_micros == 700_000
+        assert set_budget(pg_url, "acct", None, None).cap_micros is None
+    finally:
+        store.close()
+
+
+def test_a_silent_state_server_is_given_up_not_waited_for_forever(pg_url: str, monkeypatch) -> None:
+    """A path to the server that goes quiet (a proxy stopped, a cable pulled): TCP keeps the connection open and
+    the server's own timeouts never see the statement; the watchdog gives it up and the statement fails."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from batchgen import pgstore
+    from batchgen.errors import StateError
+
+    parts = urlsplit(pg_url)
+    quiet = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    opened: list[socket.socket] = [listener]
+
+    def pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if quiet.is_set():
+                    continue  # swallowed: the path went silent
+                target.sendall(data)
+
+    def serve() -> None:
+        client, _ = listener.accept()
+        upstream = socket.create_connection((parts.hostname, parts.port or 5432))
+        opened.extend((client, upstream))
+        threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    via = pg_url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{port}")
+    monkeypatch.setattr(pgstore, "SILENT_S", 1.5)
+    monkeypatch.setattr(pgstore, "WATCH_EVERY_S", 0.2)
+    db = pgstore.connect(via)
+    try:
+        assert db.execute("SELECT 1").fetchone()[0] == 1
+        quiet.set()
+        started = time.monotonic()
+        with pytest.raises(StateError, match="no answer for 2 s"):
+            db.execute("SELECT 1")
+        assert time.monotonic() - started < 10
+    finally:
+        db.close()
+        for sock in opened:
+            sock.close()

@@ -150,6 +150,58 @@ async def test_a_killed_worker_s_jobs_are_finished_by_the_others(
     assert sum(int(count.split()[0]) for count, _ in places) == 24 and all(":" in place for _, place in places)
     status = await run_cli_async("status", "--out", str(dirs[1]), env=env)
     assert status.code == 0 and "24 done" in status.stdout and "account: no budget" in status.stdout
+    here = len(list((dirs[1] / "videos").glob("*.mp4")))
+    verify = await run_cli_async("verify", "--out", str(dirs[1]), env=env)  # the videos placed in that directory
+    assert verify.code == 0 and f"{here} finished videos, {here} whole" in verify.stdout, verify.stdout
+
+
+async def test_runs_meeting_a_price_above_the_table_stay_within_the_accounts_budget(
+    make_sim, write_manifest, tmp_path: Path, pg_url: str
+) -> None:
+    """The provider charges twice the table: a price nobody has seen is bought once for the account, not once a
+    run, so three runs together stay within a $5 budget (each alone held only its own: $6.05 was seen)."""
+    sim = await make_sim(SimSettings(latency_s=0.3, price_factor=2.0))
+    env = _env(sim, pg_url)
+    assert (await run_cli_async("account", "budget", "5", env=env)).code == 0
+    options = ("--concurrency", "8", "--rpm", "1000", "--history-lag-s", "1", "--poll-interval-s", "0.1")
+    results = await _runs(write_manifest, tmp_path, env, {"one": 10, "two": 10, "three": 10}, options, timeout=60)
+    assert all(code in (0, 3) for code, _ in results), results
+    account = sim.account(DEFAULT_KEY)
+    charged = sum(charge.amount_micros for charge in account.charges)
+    assert 0 < charged <= 5_000_000 and not account.paid_twice()
+
+
+async def test_a_worker_with_another_manifest_or_budget_is_refused(
+    make_sim, write_manifest, tmp_path: Path, pg_url: str
+) -> None:
+    """Two workers started together with different manifests: one is refused (checked under the run's lock), and a
+    worker joining with a budget of its own too; the first finishes every job."""
+    sim = await make_sim(SimSettings(latency_s=1.0))
+    env = _env(sim, pg_url)
+    first = write_manifest(batch_manifest(6, name="night"), "a.yaml")
+    edited = write_manifest(batch_manifest(6, name="night").replace("test batch", "edited batch"), "b.yaml")
+    args = ("--rpm", "1000", "--no-progress", "--poll-interval-s", "0.2")
+    paths = (first, edited)
+    together = [
+        asyncio.create_task(_finish(await start_cli("run", str(path), "--out", str(tmp_path / f"m{n}" / "night"),
+                                                    *args, env=env), 60))
+        for n, path in enumerate(paths)
+    ]  # fmt: skip
+    finished, _ = await asyncio.wait(together, return_when=asyncio.FIRST_COMPLETED)  # the one refused
+    (loser,) = finished
+    code, refused = loser.result()
+    assert code == 2 and "run it with another manifest" in refused and "Traceback" not in refused
+    winner = paths[1 - together.index(loser)]
+    late = await run_cli_async("run", str(winner), "--out", str(tmp_path / "m2" / "night"), *args, "--budget", "1",
+                               env=env)  # fmt: skip
+    assert late.code == 2 and "run it with another budget" in late.stderr
+    code, err = await together[1 - together.index(loser)]
+    assert code == 0, err
+    state = _state(pg_url, "night", tmp_path)
+    try:
+        assert state.counts()["done"] == 6 and state.manifest_job_count() == 6
+    finally:
+        state.close()
 
 
 async def test_a_shared_run_s_directory_says_where_its_state_is(
@@ -168,6 +220,11 @@ async def test_a_shared_run_s_directory_says_where_its_state_is(
     assert "Traceback" not in status.stderr
     wrong = await run_cli_async("status", "--out", str(out), "--state", "mysql://x", env=cli_env(sim))
     assert wrong.code == 2 and "not a PostgreSQL URL" in wrong.stderr
+    for command in ("report", "retry"):  # a run name that is not there: said, and no run is made of it
+        typo = await run_cli_async(command, "--out", str(tmp_path / "nigth"), "--state", pg_url, env=cli_env(sim))
+        assert typo.code == 2 and "no run 'nigth'" in typo.stderr and not (tmp_path / "nigth").exists()
+    listed = await run_cli_async("status", "--state", pg_url, "--json", env=cli_env(sim))
+    assert [run["run"] for run in json.loads(listed.stdout)["runs"]] == ["night"]
     gone = await run_cli_async(
         "status", "--out", str(out), "--state", "postgresql://nobody:secret@127.0.0.1:1/none", env=cli_env(sim)
     )
@@ -194,3 +251,43 @@ async def _in_flight_of(pg_url: str, out: Path, *, at_least: int) -> set[str]:
         if len(rows) >= at_least:
             return {row[0] for row in rows}
     raise AssertionError(f"the worker of {out} never held {at_least} jobs in flight")
+
+
+async def test_a_worker_paused_past_its_lease_does_not_send_the_submit_it_began(
+    make_sim, write_manifest, tmp_path: Path, pg_url: str
+) -> None:
+    """A worker wrote the intent of a submit, then was paused (a laptop asleep, SIGSTOP) past its lease; another took
+    the job over. Woken, it sends nothing: before a POST, a worker not heard from lately renews its lease or stops."""
+    import time
+
+    from batchgen import expand, load_manifest
+    from batchgen.client import Client
+    from batchgen.outputs import RunDir
+    from batchgen.runner import Runner, RunSettings
+
+    sim = await make_sim()
+    jobs = expand(load_manifest(write_manifest(batch_manifest(2, name="night"))))
+    paused = PgStore.connect(pg_url, "night", tmp_path / "a", account="acct")
+    taker = PgStore.connect(pg_url, "night", tmp_path / "b", account="acct")
+    try:
+        paused.claim("paused", 1, "h", time.time(), lambda owner: False)
+        paused.sync_jobs(jobs, [504_000] * 2, ["c"] * 2, time.time())
+        job = paused.next_pending(time.time())
+        assert job is not None and paused.begin_attempt(job.id, "v2", 504_000, lambda money: True, time.time())
+        taker.claim("taker", 2, "h", time.time(), lambda owner: False)
+        taker.db.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 3600 WHERE token = 'paused'")
+        assert [taken.id for taken in taker.take_over(time.time())] == [job.id]
+        run_dir = RunDir(tmp_path / "a")
+        run_dir.prepare()
+        async with Client(sim.base_url, DEFAULT_KEY) as client:
+            runner = Runner(paused, run_dir, client, RunSettings(heartbeat_s=0.5))
+            runner._heard_at -= 3600  # asleep since its last heartbeat
+            try:
+                with pytest.raises(StateError, match="took its jobs over"):
+                    await runner._post_v2(paused.job(job.id))
+            finally:
+                runner._log.close()
+        assert sim.account(DEFAULT_KEY).requests == []  # nothing sent: the taker alone decides about it
+    finally:
+        paused.close()
+        taker.close()
