@@ -10,10 +10,11 @@ every method's SQL is the same on both engines; what a team shares is in the sch
                        ``spent + reserved + estimate ≤ cap`` holds across every run and machine
     batchgen.paces     one pace per account: when a 429 paused it; batchgen.submits: its submits of the last minute
 
-Locks are taken in one order (the account's ledger, then the run's money, then rows of jobs), so two transactions
-never wait on each other in a circle; the check that a job in flight is still this worker's (``_fence``) reads its
-row without a lock: a takeover in the instant between that check and the commit is the one case a lease cannot
-close, and money is still settled once (an attempt is ended by whichever transaction commits first).
+Locks are taken in one order, so that two transactions never wait on each other in a circle: the account's ledger,
+then the run's money, then rows of jobs (a sync of the job list locks the whole table after the money: its updates
+of every row never meet another worker's updates of a few). The check that a job in flight is still this worker's
+(``_fence``) reads its row without a lock: a takeover in the instant between that check and the commit is the one
+case a lease cannot close, and money is still settled once (an attempt is ended by whichever commits first).
 
 Workers say they are alive in their run's ``workers`` table; a job in flight names its worker (its lease); a worker
 silent for longer than its lease is gone, and another takes its jobs over (``take_over``) as a resume would: by
@@ -48,6 +49,7 @@ STATEMENT_TIMEOUT_MS = 60_000  # nothing waits forever: a statement (or a lock i
 CONNECT_TIMEOUT_S = 10
 SILENT_S = STATEMENT_TIMEOUT_MS / 1000 + 15  # a statement unanswered this long: the server or the path went silent
 WATCH_EVERY_S = 1.0
+CLAIM_TRIES = 5
 URL_ENV = "BATCHGEN_STATE_URL"
 
 
@@ -339,6 +341,7 @@ class PgStore(Store):
     _cross_join = "JOIN"
     _probe_bytes = "(probe::json->>'bytes')::bigint"
     _placed_here = " AND (placed_on IS NULL OR placed_on = ?)"
+    _lock_jobs = "LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"
     _errors = (psycopg.Error,)
 
     def __init__(self, db: PgConnection, url: str, run: str, run_dir: Path, account: str | None) -> None:
@@ -455,6 +458,9 @@ class PgStore(Store):
             return [run_schema(self.run)]
         rows = db.execute("SELECT schema FROM batchgen.runs WHERE account = ? ORDER BY schema", (self.account,))
         return [row[0] for row in rows] or [run_schema(self.run)]
+
+    def _claimed_here(self) -> tuple[str, tuple[Any, ...]]:
+        return f" AND {_CLAIMABLE}", (self.owner_token,)
 
     def _class_in_flight(self, db: Any, price_class: str) -> bool:
         """Under the account's lock (``_fits`` took it): an attempt of ``price_class`` in flight in any run."""
@@ -704,14 +710,23 @@ class PgStore(Store):
 
     def next_pending(self, now: float, after_idx: int = -1, *, held: Sequence[str] = ()) -> JobRow | None:
         """As ``Store.next_pending``, and the job is claimed for this worker (``FOR UPDATE SKIP LOCKED``): the
-        others pass it by while this worker is alive. One statement: a transaction of its own."""
-        row = self.db.execute(
-            "UPDATE jobs SET worker = ? WHERE id = (SELECT id FROM jobs WHERE state = 'pending' "
-            f"AND in_manifest = 1 AND not_before <= ? AND idx > ? AND {_CLAIMABLE}{not_held(held)} "
-            "ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
-            (self.owner_token, now, after_idx, self.owner_token, *held),
-        ).fetchone()
-        return _job(row) if row else None
+        others pass it by while this worker is alive. One statement: a transaction of its own.
+
+        The claim is checked again on the row the update changes (the sub-select's own check can pass a job another
+        worker claimed in the instant between: seen under load, two workers then began one job); a claim lost that
+        way is tried again, a few times, before this worker says there is nothing to take now."""
+        for _ in range(CLAIM_TRIES):
+            row = self.db.execute(
+                f"UPDATE jobs SET worker = ? WHERE state = 'pending' AND {_CLAIMABLE} AND id = (SELECT id FROM jobs "
+                f"WHERE state = 'pending' AND in_manifest = 1 AND not_before <= ? AND idx > ? AND {_CLAIMABLE}"
+                f"{not_held(held)} ORDER BY idx LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
+                (self.owner_token, self.owner_token, now, after_idx, self.owner_token, *held),
+            ).fetchone()
+            if row is not None:
+                return _job(row)
+            if self.earliest_pending(held=held) is None:
+                return None
+        return None
 
     def mine(self, job: JobRow) -> bool:
         """Whether ``job`` is this worker's to follow (its lease)."""

@@ -300,6 +300,7 @@ class Store:
     _cross_join = "CROSS JOIN"  # SQLite keeps the join's order with it (the possibly billed attempts first)
     _probe_bytes = "json_extract(probe, '$.bytes')"
     _placed_here = ""  # the done videos of this worker's run directory (all of them: one directory)
+    _lock_jobs = ""  # PostgreSQL: the job list locked against other writers while it is synced
     _errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
 
     def __init__(self, db: Any, path: Path) -> None:
@@ -409,6 +410,11 @@ class Store:
             (settled, ambiguous, reserved),
         )
 
+    def _claimed_here(self) -> tuple[str, tuple[Any, ...]]:
+        """The condition (``AND …``, its parameters) that a pending job is this process's to begin: every one here
+        (a shared state: not one a live worker claimed)."""
+        return "", ()
+
     def _class_in_flight(self, db: Any, price_class: str) -> bool:
         """Whether an attempt of ``price_class`` is in flight where it counts (a shared state: in any run of the
         account); a lone run's own hold is the runner's (``_held_classes``)."""
@@ -464,6 +470,8 @@ class Store:
         """
         with self.transaction() as db:
             db.execute(f"SELECT 1 FROM money{self._for_update}")  # workers starting together sync one at a time
+            if self._lock_jobs:  # its updates of every job wait for the others' updates of a few, never in a circle
+                db.execute(self._lock_jobs)
             if terms is not None:
                 self._check_terms(db, terms)
                 db.execute(
@@ -723,8 +731,10 @@ class Store:
                 return None
             if not allow(self._money_of(db, lock=True)):
                 return None
+            claim, claimer = self._claimed_here()
             row = db.execute(
-                f"SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'{self._for_update}", (job_id,)
+                f"SELECT attempts_used FROM jobs WHERE id = ? AND state = 'pending'{claim}{self._for_update}",
+                (job_id, *claimer),
             ).fetchone()
             if row is None:  # only a pending job begins an attempt: never one another process has taken
                 raise JobGone(f"{job_id} is no longer pending in {self.where}: another process changed it")
@@ -1063,7 +1073,6 @@ class Store:
     def mark_done_many(self, placed: Sequence[tuple[str, str, str, dict[str, Any], list[str]]], now: float) -> None:
         """Several videos placed together: ``(job id, video path, sha256, probe, warnings)`` each, one transaction."""
         with self.transaction() as db:
-            self._money_first(db)
             db.executemany(
                 "UPDATE jobs SET state = 'done', video_path = ?, sha256 = ?, probe = ?, warnings = ?, reason = NULL, "
                 "placed_on = ?, finished_at = ?, updated_at = ? WHERE id = ?",
@@ -1173,7 +1182,6 @@ class Store:
         A failed job whose clip was paid (it has a video URL) goes back to downloading, never to a new submit.
         """
         with self.transaction() as db:
-            self._money_first(db)
             marks = ",".join("?" * len(states))
             ids = [row[0] for row in db.execute(f"SELECT id FROM jobs WHERE state IN ({marks})", tuple(states))]
             db.execute(

@@ -65,6 +65,8 @@ def _open(url: str | None, directory: Path, account: str | None):
 
 def _work(url: str | None, directory: str, account: str | None, results: multiprocessing.Queue) -> None:
     """One worker: claim, reserve, submit, settle and finish jobs until none is left; (jobs, wall seconds)."""
+    from batchgen.errors import JobGone
+
     store = _open(url, Path(directory), account)
     store.claim(uuid.uuid4().hex, os.getpid(), "bench", time.time(), lambda owner: False)
     done = 0
@@ -73,7 +75,11 @@ def _work(url: str | None, directory: str, account: str | None, results: multipr
         job = store.next_pending(time.time())
         if job is None:
             break
-        if store.begin_attempt(job.id, "v1", job.estimate_micros, lambda money: True, time.time()) is None:
+        try:
+            attempt = store.begin_attempt(job.id, "v1", job.estimate_micros, lambda money: True, time.time())
+        except JobGone:
+            raise RuntimeError(f"{job.id} was claimed by two workers") from None
+        if attempt is None:
             raise RuntimeError("the account's budget refused a job: the benchmark's budget is too small")
         store.mark_submitted(job.id, f"req-{job.id}", time.time())
         store.mark_completed(job.id, job.estimate_micros, None, time.time())
