@@ -1082,7 +1082,8 @@ def _print_result(result: RunResult, root: Path, *, stop_said: bool, twice: int)
     retry = "--lost` pays again for the lost ones" if counts["lost"] else "--failed` tries again"
     hints = {
         ExitCode.JOBS_FAILED: f"see `batchgen status --out {root}`; `batchgen retry --out {root} {retry}",
-        ExitCode.BUDGET: "jobs were left for the budget or the deadline: raise --budget and run again to go on",
+        ExitCode.BUDGET: "jobs were left for the budget or the deadline: raise --budget (or, with --state, the "
+        "account's: `batchgen account budget`), or move the deadline, and run again to go on",
         ExitCode.PROVIDER: "fix the cause (key, credits, model, network), then run again: finished jobs are not paid "
         "again",
         ExitCode.INTERRUPTED: "run the same command again to resume",

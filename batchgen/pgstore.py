@@ -47,6 +47,7 @@ from batchgen.store import IN_FLIGHT, JobRow, Owner, Store, WorkerRow, _job, not
 RATE_WINDOW_S = 61.0  # a minute, and a second for the way to the provider (a guess: its window is not documented)
 STATEMENT_TIMEOUT_MS = 60_000  # nothing waits forever: a statement (or a lock it waits for) gives up after a minute
 CONNECT_TIMEOUT_S = 10
+IDLE_IN_TRANSACTION_MS = 20_000  # our transactions wait on nothing but the server: one idle this long is stalled
 SILENT_S = STATEMENT_TIMEOUT_MS / 1000 + 15  # a statement unanswered this long: the server or the path went silent
 WATCH_EVERY_S = 1.0
 CLAIM_TRIES = 5
@@ -159,26 +160,37 @@ class PgConnection:
         return StateError(f"the state {shown_url(self.url)} failed: {redacted(text, self.url)}")
 
 
-_URL = re.compile(
-    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:(?P<user>[^:@/?#]*)(?::(?P<password>[^@/?#]*))?@)?"
-    r"(?P<rest>[^?#]*)"
-)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _parts(url: str) -> tuple[str, str, str | None, str] | None:
+    """(scheme://, user, password, host/path) of a URL, the user part ending at the last ``@`` before the query (a
+    password may hold a raw ``/``, ``:`` or ``@``); ``None`` when it is no URL."""
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return None
+    rest = url[scheme.end() :].split("?", 1)[0].split("#", 1)[0]
+    if "@" not in rest:
+        return scheme.group(0), "", None, rest
+    userinfo, where = rest.rsplit("@", 1)
+    user, colon, password = userinfo.partition(":")
+    return scheme.group(0), user, password if colon else None, where
 
 
 def shown_url(url: str) -> str:
     """The state's URL for messages and files: without its password and without its query (where libpq takes
     ``?password=`` too). Never fails, whatever the text."""
-    match = _URL.match(url)
-    if match is None:
+    parts = _parts(url)
+    if parts is None:
         return "the state's URL"
-    user = f"{match['user']}@" if match["user"] else ""
-    return f"{match['scheme']}{user}{match['rest']}"
+    scheme, user, _, where = parts
+    return f"{scheme}{user + '@' if user else ''}{where}"
 
 
 def _secrets(url: str) -> list[str]:
     """The passwords a URL carries (in its user part, or as ``password=`` in its query), to keep out of messages."""
-    match = _URL.match(url)
-    found = [match["password"]] if match is not None and match["password"] else []
+    parts = _parts(url)
+    found = [parts[2]] if parts is not None and parts[2] else []
     found += re.findall(r"[?&]password=([^&#]+)", url)
     return [secret for secret in found if secret]
 
@@ -351,6 +363,7 @@ class PgStore(Store):
         self.run_dir = run_dir
         self.account = account
         self.lease_s = 60.0
+        self._capped, self._capped_at = False, -1e9
         self.place = f"{socket.gethostname()}:{run_dir.resolve()}"  # a reader's too: its done videos are here
 
     @property
@@ -463,25 +476,56 @@ class PgStore(Store):
         return f" AND {_CLAIMABLE}", (self.owner_token,)
 
     def _class_in_flight(self, db: Any, price_class: str) -> bool:
-        """Under the account's lock (``_fits`` took it): an attempt of ``price_class`` in flight in any run."""
-        parts = " UNION ALL ".join(
-            f"SELECT 1 FROM \"{schema}\".jobs WHERE price_class = ? AND state IN ('submitting', 'submitted')"
-            for schema in self._schemas(db)
-        )
-        classes = [price_class] * parts.count("?")
-        return db.execute(f"SELECT EXISTS ({parts})", classes).fetchone()[0] is True
+        """Under the account's lock (``_fits`` took it): whether an attempt of ``price_class``, a class whose price
+        the account has never been told, would be a second clip bought blind: another attempt of a class of unknown
+        price is in flight in a run of the account, held by a live worker (a run gone leaves its jobs to its own
+        resume: they hold nobody else back). One clip at most is in flight at a price nobody has seen."""
+        known = list(self.prices_seen())
+        if price_class in known:
+            return False
+        return bool(self._blind_in_flight(db, known))
 
-    def classes_in_flight(self) -> set[str]:
-        """As ``Store.classes_in_flight``, and those in flight in the account's other runs: a price nobody has seen
-        is bought once for the account, not once a run."""
-        found = super().classes_in_flight()
-        others = [schema for schema in self._schemas(self.db) if schema != run_schema(self.run)]
-        for schema in others:
-            rows = self.db.execute(
-                f"SELECT DISTINCT price_class FROM \"{schema}\".jobs WHERE state IN ('submitting', 'submitted')"
+    def _blind_in_flight(self, db: Any, known: list[str]) -> set[str]:
+        """The classes of unknown price (not in ``known``) in flight in the account's runs, held by live workers."""
+        found: set[str] = set()
+        for schema in self._schemas(db):
+            rows = db.execute(
+                f"SELECT DISTINCT j.price_class FROM \"{schema}\".jobs j WHERE j.state IN ('submitting', 'submitted') "
+                f'AND j.price_class <> ALL(?) AND EXISTS (SELECT 1 FROM "{schema}".workers w WHERE w.token = j.worker '
+                "AND w.heartbeat_at + w.lease_s >= extract(epoch from clock_timestamp()))",
+                (known,),
             )
             found |= {row[0] for row in rows}
         return found
+
+    def classes_in_flight(self) -> set[str]:
+        """As ``Store.classes_in_flight``, and the classes of unknown price in flight in the account's other runs
+        (held by live workers): a price nobody has seen is bought once for the account, not once a run."""
+        found = super().classes_in_flight()
+        if self.account is not None:
+            found |= self._blind_in_flight(self.db, list(self.prices_seen()))
+        return found
+
+    def price_factor(self) -> float:
+        """As ``Store.price_factor``, over every run of the account."""
+        factor = 1.0
+        for schema in self._schemas(self.db):
+            row = self.db.execute(
+                f'SELECT MAX(CAST(a.provider_cost_micros AS DOUBLE PRECISION) / j.estimate_micros) FROM "{schema}".'
+                f'attempts a JOIN "{schema}".jobs j ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL '
+                "AND j.estimate_micros > 0"
+            ).fetchone()
+            factor = max(factor, float(row[0] or 1.0))
+        return factor
+
+    def capped(self) -> bool:
+        """Whether the account has a budget (read again at most every 10 s: a loop asks at each submit)."""
+        now = time.monotonic()
+        if now - self._capped_at > 10.0:
+            ledger = self.account_money()
+            self._capped = ledger is not None and ledger.cap_micros is not None
+            self._capped_at = now
+        return self._capped
 
     def prices_seen(self, since: float | None = None) -> dict[str, int]:
         """As ``Store.prices_seen``, over every run of the account (what the provider charged one run for a kind of
@@ -741,7 +785,15 @@ def connect(url: str) -> PgConnection:
             autocommit=True,
             row_factory=_rows,
             connect_timeout=CONNECT_TIMEOUT_S,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}",
+            # A session that stalls inside a transaction (a worker paused, a path gone silent) gives its locks up, the
+            # account's ledger among them, before the others' lock waits give up; keepalives find a dead peer.
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS} "
+            f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c tcp_keepalives_idle=15 "
+            "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+            keepalives=1,
+            keepalives_idle=15,
+            keepalives_interval=5,
+            keepalives_count=3,
             application_name="batchgen",
         )
     except psycopg.Error as exc:

@@ -721,7 +721,7 @@ class Runner:
         in flight (or possibly billed and not yet found), every such class waits, so that one clip at most is ever
         bought at a price nobody has seen (invariant 9; the table may be wrong: a manifest's ``pricing:``, a price
         change since an earlier run). Without a budget there is no cap to keep, and nothing waits."""
-        if self.budget.cap_micros is None and not self.store.shared:  # a shared state may have an account's cap
+        if self.budget.cap_micros is None and not self.store.capped():  # no cap (the run's, or its account's) to keep
             return []
         unconfirmed = self.store.classes_in_flight() - self._confirmed
         if unconfirmed and self.store.shared:
@@ -732,10 +732,12 @@ class Runner:
         return sorted(self.store.pending_classes() - self._confirmed)
 
     def _learn_prices(self) -> None:
-        """A shared state: what the provider told the account's other runs and workers since this one began."""
-        for price_class, cost in self.store.prices_seen(since=self._started_at).items():
+        """A shared state: what the provider told the account's runs and workers (before this one began too: the
+        account has one price list, and a class it knows holds nobody back)."""
+        for price_class, cost in self.store.prices_seen().items():
             self._prices[price_class] = max(cost, self._prices.get(price_class, 0))
             self._confirmed.add(price_class)
+        self._above = max(self._above, self.store.price_factor())  # a kind of clip not told yet reserves that much more
 
     def _reservation(self, job: JobRow) -> int:
         """What a submit reserves: the estimate, or the highest price the provider charged for the class if more;
@@ -824,8 +826,9 @@ class Runner:
     async def _over_budget(self, job: JobRow, reservation: int, refusal: str | None = None) -> None:
         money = self.store.money()
         if money.reserved_micros and self.budget.fits(Money(money.spent_micros, 0), reservation):
-            # It may fit once an attempt in flight releases its reservation: wait for one to end, then ask again.
-            await self._wait_for_change(None)
+            # It may fit once an attempt in flight releases its reservation: wait for one to end, then ask again (a
+            # shared run's reservations may be another worker's, whose ends this one does not hear: a bounded wait).
+            await self._wait_for_change(self.clock() + self.settings.heartbeat_s if self.store.shared else None)
             return
         left = self.budget.left_micros(money) or 0
         reason = refusal or f"over budget: needs {format_usd(reservation)}, {format_usd(max(0, left))} left"

@@ -574,6 +574,14 @@ class Store:
         )
         return {row[0]: int(row[1]) for row in rows}
 
+    def price_factor(self) -> float:
+        """The most the provider charged over a job's estimate, as a factor (1.0 when never above it)."""
+        row = self.db.execute(
+            "SELECT MAX(CAST(a.provider_cost_micros AS REAL) / j.estimate_micros) FROM attempts a JOIN jobs j "
+            "ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL AND j.estimate_micros > 0"
+        ).fetchone()
+        return max(1.0, float(row[0] or 1.0))
+
     def charged_above_estimate(self) -> list[tuple[str, int, int]]:
         """(job id, charged, reserved) of every attempt the provider charged more than it reserved (µUSD)."""
         rows = self.db.execute(
@@ -789,6 +797,10 @@ class Store:
     def db_now(self) -> float:
         """The clock heartbeats are measured with: this machine's."""
         return time.time()
+
+    def capped(self) -> bool:
+        """Whether a budget beyond the run's applies (a shared state's account): none here."""
+        return False
 
     def others_busy(self) -> bool:
         """Whether other processes hold jobs of the run (in flight, or claimed to submit): none share this one."""

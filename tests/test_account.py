@@ -99,6 +99,8 @@ def test_a_budget_and_a_pause_are_shared_by_the_runs_of_an_account(pg_url: str, 
         ("postgresql://u:s3cret@127.0.0.1:notaport/db", "postgresql://u@127.0.0.1:notaport/db", "s3cret"),
         ("postgresql://u:s3cret@[::1/db", "postgresql://u@[::1/db", "s3cret"),
         ("postgresql://u:p%40ss@db/x", "postgresql://u@db/x", "p@ss"),
+        ("postgresql://u:Se/cret9@127.0.0.1/x", "postgresql://u@127.0.0.1/x", "Se/cret9"),  # raw, as people type them
+        ("postgresql://u:Se@cret9@127.0.0.1/x", "postgresql://u@127.0.0.1/x", "Se@cret9"),
     ],
 )
 def test_a_state_url_is_shown_without_its_password(url: str, shown: str, secret: str) -> None:

@@ -7,6 +7,7 @@ loop, and judges by the simulator's books: what was charged, what was paid twice
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -291,3 +292,53 @@ async def test_a_worker_paused_past_its_lease_does_not_send_the_submit_it_began(
     finally:
         paused.close()
         taker.close()
+
+
+async def test_two_kinds_of_clip_at_unseen_prices_are_not_bought_blind_at_once(
+    make_sim, write_manifest, tmp_path: Path, pg_url: str
+) -> None:
+    """Two runs, each a kind of clip nobody knows the price of (3 s and 5 s), the provider charging twice the table,
+    a $2 account budget: one is bought blind, the other waits for it and reserves what the provider charges."""
+    sim = await make_sim(SimSettings(latency_s=0.5, price_factor=2.0))
+    env = _env(sim, pg_url)
+    assert (await run_cli_async("account", "budget", "2", env=env)).code == 0
+    runs = []
+    for name, seconds in (("short", 3), ("long", 5)):
+        path = write_manifest(batch_manifest(1, name=name, duration=seconds), f"{name}.yaml")
+        runs.append(await start_cli("run", str(path), "--out", str(tmp_path / name), "--no-progress",
+                                    "--poll-interval-s", "0.1", env=env))  # fmt: skip
+    results = [await _finish(process, 60) for process in runs]
+    assert all(code in (0, 3) for code, _ in results), results
+    charged = sum(charge.amount_micros for charge in sim.account(DEFAULT_KEY).charges)
+    assert 0 < charged <= 2_000_000
+
+
+async def test_a_run_gone_holds_no_other_run_of_the_account_back(
+    make_sim, write_manifest, tmp_path: Path, pg_url: str
+) -> None:
+    """A run killed with a job in flight (its price unknown) leaves it to its own resume: another run of the same
+    kind of clip goes on, with no budget and with one."""
+    sim = await make_sim(SimSettings(latency_s=30.0))
+    env = _env(sim, pg_url)
+    gone = write_manifest(_manifest(2, "gone"), "gone.yaml")
+    process = await start_cli("run", str(gone), "--out", str(tmp_path / "gone"), "--no-progress", "--lease-s", "3",
+                              env=env)  # fmt: skip
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if sim.account(DEFAULT_KEY).requests:
+            break
+    process.kill()
+    await process.wait()
+    await asyncio.sleep(3.5)  # its lease runs out
+    sim.settings = dataclasses.replace(sim.settings, latency_s=0.2)
+    assert (await run_cli_async("account", "budget", "100", env=env)).code == 0
+    other = await start_cli("run", str(write_manifest(_manifest(2, "other"), "other.yaml")), "--out",
+                            str(tmp_path / "other"), "--no-progress", "--poll-interval-s", "0.1", "--rpm", "1000",
+                            "--progress-every-s", "1", env=env)  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(other.communicate(), 45)
+    except TimeoutError:
+        other.terminate()
+        _, err = await other.communicate()
+        raise AssertionError(f"the other run waited: {err.decode()[-3000:]}") from None
+    assert other.returncode == 0, err.decode()
