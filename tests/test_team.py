@@ -342,3 +342,21 @@ async def test_a_run_gone_holds_no_other_run_of_the_account_back(
         _, err = await other.communicate()
         raise AssertionError(f"the other run waited: {err.decode()[-3000:]}") from None
     assert other.returncode == 0, err.decode()
+
+
+async def test_workers_stopped_by_the_run_s_budget_all_end(
+    make_sim, write_manifest, tmp_path: Path, pg_url: str
+) -> None:
+    """Two workers of one run under its $1.20 budget: when it is spent, both end (exit 3), neither waiting for a
+    reservation of the other's to end (one used to wait for a change only its own process could make)."""
+    sim = await make_sim(SimSettings(latency_s=1.0))
+    env = _env(sim, pg_url)
+    path = write_manifest(batch_manifest(6, name="bud"))
+    args = ("--budget", "1.2", "--concurrency", "2", "--rpm", "1000", "--lease-s", "6", "--no-progress",
+            "--poll-interval-s", "0.2")  # fmt: skip
+    workers = [await start_cli("run", str(path), "--out", str(tmp_path / f"m{n}" / "bud"), *args, env=env)
+               for n in range(2)]  # fmt: skip
+    results = [await _finish(process, 60) for process in workers]
+    assert [code for code, _ in results] == [3, 3], results
+    charged = sum(charge.amount_micros for charge in sim.account(DEFAULT_KEY).charges)
+    assert 0 < charged <= 1_200_000
