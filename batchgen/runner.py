@@ -778,7 +778,8 @@ class Runner:
             await self._over_budget(job, reservation, None if not run_fits else self.store.refusal)
             return
         # A shared state: a price nobody has told this worker yet is bought once for the whole account at a time.
-        alone = job.price_class if self.store.shared and job.price_class not in self._confirmed else None
+        capped = self.budget.cap_micros is not None or self.store.capped()  # without a cap there is none to keep
+        alone = job.price_class if self.store.shared and capped and job.price_class not in self._confirmed else None
         try:
             await self.rate.acquire()
             if self.stop.submits_closed or self._past_deadline():
