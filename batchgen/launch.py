@@ -273,8 +273,7 @@ def _open_shared(run_dir: RunDir, shared: SharedState, *, readonly: bool = False
 def _refuse_company(store: Store, alone: bool) -> None:
     """A worker that runs a simulator of its own (``--simulate``) works alone: another worker could neither poll its
     requests nor find them in its request history."""
-    live: list[Any] = getattr(store, "live_workers", list)()
-    if alone and live:
+    if alone and store.live_workers():
         raise RunLockedError(
             f"--simulate runs a simulator of its own, and {store.where} has other workers: to try several workers, "
             "run `batchgen simulate` once and point every worker at it (SEGMIND_BASE_URL, SEGMIND_API_KEY)"

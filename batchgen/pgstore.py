@@ -354,6 +354,7 @@ class PgStore(Store):
     _probe_bytes = "(probe::json->>'bytes')::bigint"
     _placed_here = " AND (placed_on IS NULL OR placed_on = ?)"
     _lock_jobs = "LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"
+    _real = "DOUBLE PRECISION"
     _errors = (psycopg.Error,)
 
     def __init__(self, db: PgConnection, url: str, run: str, run_dir: Path, account: str | None) -> None:
@@ -506,18 +507,6 @@ class PgStore(Store):
             found |= self._blind_in_flight(self.db, list(self.prices_seen()))
         return found
 
-    def price_factor(self) -> float:
-        """As ``Store.price_factor``, over every run of the account."""
-        factor = 1.0
-        for schema in self._schemas(self.db):
-            row = self.db.execute(
-                f'SELECT MAX(CAST(a.provider_cost_micros AS DOUBLE PRECISION) / j.estimate_micros) FROM "{schema}".'
-                f'attempts a JOIN "{schema}".jobs j ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL '
-                "AND j.estimate_micros > 0"
-            ).fetchone()
-            factor = max(factor, float(row[0] or 1.0))
-        return factor
-
     def capped(self) -> bool:
         """Whether the account has a budget (read again at most every 10 s: a loop asks at each submit)."""
         now = time.monotonic()
@@ -527,20 +516,8 @@ class PgStore(Store):
             self._capped_at = now
         return self._capped
 
-    def prices_seen(self, since: float | None = None) -> dict[str, int]:
-        """As ``Store.prices_seen``, over every run of the account (what the provider charged one run for a kind of
-        clip, it charges the others)."""
-        prices: dict[str, int] = {}
-        for schema in self._schemas(self.db):
-            rows = self.db.execute(
-                f'SELECT j.price_class, MAX(a.provider_cost_micros) FROM "{schema}".attempts a JOIN "{schema}".jobs j '
-                "ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL AND a.ended_at >= ? "
-                "GROUP BY j.price_class",
-                (since or 0.0,),
-            )
-            for price_class, cost in rows:
-                prices[price_class] = max(int(cost), prices.get(price_class, 0))
-        return prices
+    def _priced_tables(self) -> list[str]:
+        return [f'"{schema}".' for schema in self._schemas(self.db)]
 
     def _check_terms(self, db: Any, terms: dict[str, Any]) -> None:
         """Under the run's lock (``sync_jobs`` took it): a worker whose manifest or budget differs from the live
@@ -565,17 +542,12 @@ class PgStore(Store):
 
     def _ledger(self, db: Any, *, lock: bool = False) -> AccountMoney:
         """The account's ledger, its period rolled over first when it ended (then spent starts again at zero)."""
-        row = db.execute(
-            "SELECT cap_micros, per, period_start, settled_micros, ambiguous_micros, reserved_micros "
-            f"FROM batchgen.accounts WHERE id = ?{' FOR UPDATE' if lock else ''}",
-            (self.account,),
-        ).fetchone()
-        if row is None:
+        if self.account is None:
             return AccountMoney(None, None, 0.0, 0, 0, 0)
-        ledger = AccountMoney(row[0], row[1], float(row[2]), int(row[3]), int(row[4]), int(row[5]))
+        ledger = _account_money(db, self.account, lock=lock)
         ends = next_period(ledger.period_start, ledger.per)
         now = time.time()
-        if lock and ends is not None and now >= ends and self.account is not None:
+        if lock and ends is not None and now >= ends:
             start = period_start(now, ledger.per)
             settled, ambiguous = _recount(db, self.account, start)
             db.execute(
@@ -855,10 +827,11 @@ def _recount(db: Any, account: str, since: float) -> tuple[int, int]:
     return settled, ambiguous
 
 
-def _account_money(db: PgConnection, account: str) -> AccountMoney:
+def _account_money(db: Any, account: str, *, lock: bool = False) -> AccountMoney:
+    """The account's ledger as it is (locked until the transaction ends, with ``lock``)."""
     row = db.execute(
         "SELECT cap_micros, per, period_start, settled_micros, ambiguous_micros, reserved_micros "
-        "FROM batchgen.accounts WHERE id = ?",
+        f"FROM batchgen.accounts WHERE id = ?{' FOR UPDATE' if lock else ''}",
         (account,),
     ).fetchone()
     if row is None:
@@ -920,17 +893,10 @@ def _run_overview(db: PgConnection, name: str, schema: str, account: str | None,
     money = db.execute(f'SELECT settled_micros, ambiguous_micros, reserved_micros FROM "{schema}".money').fetchone()
     budget = db.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'budget_micros'").fetchone()
     workers = [
-        {
-            "host": row[0],
-            "pid": row[1],
-            "directory": row[2].split(":", 1)[-1],
-            "heard_from_s_ago": round(now - float(row[3]), 1),
-            "alive": now - float(row[3]) <= float(row[4]),
-            "in_flight": int(row[5]),
-        }
+        {**WorkerRow(*row[:7]).summary(now), "in_flight": int(row[7])}
         for row in db.execute(
-            f'SELECT w.host, w.pid, w.place, w.heartbeat_at, w.lease_s, (SELECT COUNT(*) FROM "{schema}".jobs j '
-            "WHERE j.worker = w.token AND j.state IN ('submitting', 'submitted', 'downloading')) "
+            "SELECT w.token, w.pid, w.host, w.place, w.lease_s, w.started_at, w.heartbeat_at, (SELECT COUNT(*) FROM "
+            f"\"{schema}\".jobs j WHERE j.worker = w.token AND j.state IN ('submitting', 'submitted', 'downloading')) "
             f'FROM "{schema}".workers w ORDER BY w.started_at'
         )
     ]

@@ -70,16 +70,7 @@ def _shared_status(store: Store) -> dict[str, Any]:
     if not store.shared:
         return {}
     now = store.db_now()
-    workers = [
-        {
-            "host": worker.host,
-            "pid": worker.pid,
-            "directory": worker.place.split(":", 1)[-1],
-            "heard_from_s_ago": round(now - worker.heartbeat_at, 1),
-            "alive": now - worker.heartbeat_at <= worker.lease_s,
-        }
-        for worker in store.workers()
-    ]
+    workers = [worker.summary(now) for worker in store.workers()]
     ledger = store.account_money()
     account = None
     if ledger is not None:

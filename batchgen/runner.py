@@ -279,7 +279,7 @@ class Runner:
         self.clock = clock
         self.random = random.Random(settings.seed)
         self.slots = Slots(settings.concurrency)
-        shared_pace = store.shared and getattr(store, "account", None) is not None
+        shared_pace = store.shared and store.account is not None
         self.rate = (
             SharedPace(cast(_PaceStore, store), settings.rpm, clock) if shared_pace else RateGate(settings.rpm, clock)
         )
@@ -402,10 +402,8 @@ class Runner:
         for job in taken:
             if job.state == "submitted":
                 self._reattach(job, now)
-            elif job.state == "downloading" and not (
-                self.run_dir.video(job.id).exists() and await self._adopt_placed(job)
-            ):
-                await self._download_again(job)
+            elif job.state == "downloading":
+                await self._carry_on_download(job)
         self._notify()
 
     def _recover(self, now: float, job_ids: list[str]) -> None:
@@ -481,10 +479,12 @@ class Runner:
         """Paid clips a stop caught between the provider and ``done``: placed already (a stop between the rename and
         the state), to download again (v2), or lost unless the request history has them (a v1 answer)."""
         for job in self.store.jobs(["downloading"]):
-            if not self.store.mine(job):
-                continue
-            if self.run_dir.video(job.id).exists() and await self._adopt_placed(job):
-                continue
+            if self.store.mine(job):
+                await self._carry_on_download(job)
+
+    async def _carry_on_download(self, job: JobRow) -> None:
+        """A paid clip between the provider and ``done``: its video placed already, else downloaded again."""
+        if not (self.run_dir.video(job.id).exists() and await self._adopt_placed(job)):
             await self._download_again(job)
 
     async def _download_again(self, job: JobRow) -> None:
@@ -721,7 +721,7 @@ class Runner:
         in flight (or possibly billed and not yet found), every such class waits, so that one clip at most is ever
         bought at a price nobody has seen (invariant 9; the table may be wrong: a manifest's ``pricing:``, a price
         change since an earlier run). Without a budget there is no cap to keep, and nothing waits."""
-        if self.budget.cap_micros is None and not self.store.capped():  # no cap (the run's, or its account's) to keep
+        if not self._capped():
             return []
         unconfirmed = self.store.classes_in_flight() - self._confirmed
         if unconfirmed and self.store.shared:
@@ -730,6 +730,10 @@ class Runner:
         if not unconfirmed:
             return []
         return sorted(self.store.pending_classes() - self._confirmed)
+
+    def _capped(self) -> bool:
+        """Whether a cap holds the run (its budget, or its account's): without one, no price is worth waiting for."""
+        return self.budget.cap_micros is not None or self.store.capped()
 
     def _learn_prices(self) -> None:
         """A shared state: what the provider told the account's runs and workers (before this one began too: the
@@ -778,8 +782,9 @@ class Runner:
             await self._over_budget(job, reservation, None if not run_fits else self.store.refusal)
             return
         # A shared state: a price nobody has told this worker yet is bought once for the whole account at a time.
-        capped = self.budget.cap_micros is not None or self.store.capped()  # without a cap there is none to keep
-        alone = job.price_class if self.store.shared and capped and job.price_class not in self._confirmed else None
+        alone = (
+            job.price_class if self.store.shared and self._capped() and job.price_class not in self._confirmed else None
+        )
         try:
             await self.rate.acquire()
             if self.stop.submits_closed or self._past_deadline():

@@ -270,6 +270,16 @@ class WorkerRow:
     started_at: float
     heartbeat_at: float
 
+    def summary(self, now: float) -> dict[str, Any]:
+        """The worker for ``status``: where it runs, when it was last heard from (``now``: the database's clock)."""
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "directory": self.place.split(":", 1)[-1],
+            "heard_from_s_ago": round(now - self.heartbeat_at, 1),
+            "alive": now - self.heartbeat_at <= self.lease_s,
+        }
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -301,6 +311,8 @@ class Store:
     _probe_bytes = "json_extract(probe, '$.bytes')"
     _placed_here = ""  # the done videos of this worker's run directory (all of them: one directory)
     _lock_jobs = ""  # PostgreSQL: the job list locked against other writers while it is synced
+    _real = "REAL"  # a floating-point type (SQLite's REAL; PostgreSQL's is single precision)
+    account: str | None = None  # the account the run spends from (a shared state's: a hash of the key)
     _errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
 
     def __init__(self, db: Any, path: Path) -> None:
@@ -564,23 +576,36 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE images SET url = ?, uploaded_at = ? WHERE sha256 = ?", (url, now, sha256))
 
+    def _priced_tables(self) -> list[str]:
+        """The prefixes of the tables whose attempts tell prices: this run's (a shared state: every run's of the
+        account, whose prices are the same provider's)."""
+        return [""]
+
     def prices_seen(self, since: float | None = None) -> dict[str, int]:
         """Per price class, the highest cost the provider reported for one of its attempts (µUSD); of the attempts
         that ended since ``since`` (epoch), with it."""
-        rows = self.db.execute(
-            "SELECT j.price_class, MAX(a.provider_cost_micros) FROM attempts a JOIN jobs j ON a.job_id = j.id "
-            "WHERE a.provider_cost_micros IS NOT NULL AND a.ended_at >= ? GROUP BY j.price_class",
-            (since or 0.0,),
-        )
-        return {row[0]: int(row[1]) for row in rows}
+        prices: dict[str, int] = {}
+        for prefix in self._priced_tables():
+            rows = self.db.execute(
+                f"SELECT j.price_class, MAX(a.provider_cost_micros) FROM {prefix}attempts a JOIN {prefix}jobs j ON "
+                "a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL AND a.ended_at >= ? GROUP BY j.price_class",
+                (since or 0.0,),
+            )
+            for price_class, cost in rows:
+                prices[price_class] = max(int(cost), prices.get(price_class, 0))
+        return prices
 
     def price_factor(self) -> float:
         """The most the provider charged over a job's estimate, as a factor (1.0 when never above it)."""
-        row = self.db.execute(
-            "SELECT MAX(CAST(a.provider_cost_micros AS REAL) / j.estimate_micros) FROM attempts a JOIN jobs j "
-            "ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL AND j.estimate_micros > 0"
-        ).fetchone()
-        return max(1.0, float(row[0] or 1.0))
+        factor = 1.0
+        for prefix in self._priced_tables():
+            row = self.db.execute(
+                f"SELECT MAX(CAST(a.provider_cost_micros AS {self._real}) / j.estimate_micros) FROM {prefix}attempts "
+                f"a JOIN {prefix}jobs j ON a.job_id = j.id WHERE a.provider_cost_micros IS NOT NULL "
+                "AND j.estimate_micros > 0"
+            ).fetchone()
+            factor = max(factor, float(row[0] or 1.0))
+        return factor
 
     def charged_above_estimate(self) -> list[tuple[str, int, int]]:
         """(job id, charged, reserved) of every attempt the provider charged more than it reserved (µUSD)."""
@@ -784,6 +809,10 @@ class Store:
 
     def workers(self) -> list[WorkerRow]:
         """The workers of a shared run: none here (one process owns this state: ``owner``)."""
+        return []
+
+    def live_workers(self) -> list[WorkerRow]:
+        """The other workers of a shared run whose lease has not run out: none here."""
         return []
 
     def account_money(self) -> AccountMoney | None:
